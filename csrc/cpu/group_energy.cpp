@@ -1,0 +1,307 @@
+// CPU kernels of group_energy (SPEC §2), forward and backward.
+//
+// Layout: f is [B, M, K] and W is [M, C, K], both with the K positions contiguous. The kernels work on
+// tiles of KT consecutive positions (one AVX2 register of lanes), so every inner loop is a fixed-length,
+// unit-stride loop over positions that the compiler vectorises. Positions are independent in the energy,
+// so tiles are the unit of parallelism; a trailing K % KT positions are done one at a time (KT = 1).
+// Nothing of size [B, M, C, K] is ever formed: per tile the kernels keep only fbar and S, [C, KT] per sample.
+#include "../checks.h"
+#include "../ops.h"
+
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <vector>
+
+// A portable build (no -march) still gets AVX2+FMA code where the CPU has it: GCC compiles the tile
+// entry points twice and picks one at load time. The templates below are force-inlined into them.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(INTERPGAN_NO_MULTIVERSION)
+#define IG_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define IG_MULTIVERSION
+#endif
+#define IG_INLINE inline __attribute__((always_inline))
+
+namespace interpgan {
+namespace cpu_energy {
+
+template <typename T>
+struct Problem {
+  const T* f;        // [B, M, K]
+  const T* W;        // [M, C, K]
+  const int64_t* q;  // [M], validated ids
+  const T* inv_n;    // [C], 1 / n_c, or 0 for an empty group
+  int64_t B, M, K, C;
+};
+
+constexpr int kBlockB = 4;  // samples sharing each W load
+constexpr int kBlockC = 4;  // groups sharing each f load in dW
+
+// fbar[c, :] for sample b on the tile starting at k0.
+template <typename T, int KT>
+IG_INLINE void group_means(const Problem<T>& p, int64_t b, int64_t k0, T* fbar) {
+  std::fill(fbar, fbar + p.C * KT, T(0));
+  const T* fb = p.f + b * p.M * p.K + k0;
+  for (int64_t j = 0; j < p.M; ++j) {
+    T* dst = fbar + p.q[j] * KT;
+    const T* src = fb + j * p.K;
+    for (int kk = 0; kk < KT; ++kk) dst[kk] += src[kk];
+  }
+  for (int64_t c = 0; c < p.C; ++c)
+    for (int kk = 0; kk < KT; ++kk) fbar[c * KT + kk] *= p.inv_n[c];
+}
+
+// A[r, j, :] = sum_c W[j, c, :] * fbar[r, c, :] for BB samples; fbar is [BB, C, KT].
+template <typename T, int KT, int BB>
+IG_INLINE void weighted_means(const Problem<T>& p, int64_t j, int64_t k0, const T* fbar, T (&a)[BB][KT]) {
+  for (int r = 0; r < BB; ++r)
+    for (int kk = 0; kk < KT; ++kk) a[r][kk] = T(0);
+  const T* wj = p.W + j * p.C * p.K + k0;
+  for (int64_t c = 0; c < p.C; ++c) {
+    const T* w = wj + c * p.K;
+    for (int r = 0; r < BB; ++r) {
+      const T* fr = fbar + (r * p.C + c) * KT;
+      for (int kk = 0; kk < KT; ++kk) a[r][kk] += w[kk] * fr[kk];
+    }
+  }
+}
+
+// g[b0 + r] += sum_{j, k in tile} f[b, j, k] * A[b, j, k].
+template <typename T, int KT, int BB>
+IG_INLINE void energy_block(const Problem<T>& p, int64_t b0, int64_t k0, const T* fbar, double* g) {
+  T acc[BB][KT] = {};
+  T a[BB][KT];
+  for (int64_t j = 0; j < p.M; ++j) {
+    weighted_means<T, KT, BB>(p, j, k0, fbar, a);
+    for (int r = 0; r < BB; ++r) {
+      const T* fr = p.f + ((b0 + r) * p.M + j) * p.K + k0;
+      for (int kk = 0; kk < KT; ++kk) acc[r][kk] += fr[kk] * a[r][kk];
+    }
+  }
+  for (int r = 0; r < BB; ++r) {
+    double s = 0;
+    for (int kk = 0; kk < KT; ++kk) s += acc[r][kk];
+    g[r] += s;
+  }
+}
+
+template <typename T, int KT>
+IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b_begin, int64_t b_end, double* g) {
+  std::vector<T> fbar(kBlockB * p.C * KT);
+  int64_t b = b_begin;
+  for (; b + kBlockB <= b_end; b += kBlockB) {
+    for (int r = 0; r < kBlockB; ++r) group_means<T, KT>(p, b + r, k0, fbar.data() + r * p.C * KT);
+    energy_block<T, KT, kBlockB>(p, b, k0, fbar.data(), g + b);
+  }
+  for (; b < b_end; ++b) {
+    group_means<T, KT>(p, b, k0, fbar.data());
+    energy_block<T, KT, 1>(p, b, k0, fbar.data(), g + b);
+  }
+}
+
+// S[r, c, :] = inv_n[c] * sum_j W[j, c, :] f[b0 + r, j, :]   (the path through fbar, pre-scaled).
+template <typename T, int KT, int BB>
+IG_INLINE void scaled_group_sums(const Problem<T>& p, int64_t b0, int64_t k0, T* S) {
+  for (int64_t c = 0; c < p.C; ++c) {
+    T s[BB][KT] = {};
+    for (int64_t j = 0; j < p.M; ++j) {
+      const T* w = p.W + (j * p.C + c) * p.K + k0;
+      for (int r = 0; r < BB; ++r) {
+        const T* fr = p.f + ((b0 + r) * p.M + j) * p.K + k0;
+        for (int kk = 0; kk < KT; ++kk) s[r][kk] += w[kk] * fr[kk];
+      }
+    }
+    for (int r = 0; r < BB; ++r)
+      for (int kk = 0; kk < KT; ++kk) S[(r * p.C + c) * KT + kk] = s[r][kk] * p.inv_n[c];
+  }
+}
+
+// df[b, j, :] = gg[b] * (A[b, j, :] + S[b, q_j, :] / n_{q_j}) for BB samples from b0.
+template <typename T, int KT, int BB>
+IG_INLINE void df_block(const Problem<T>& p, const T* gg, int64_t b0, int64_t k0, const T* fbar, T* S, T* df) {
+  scaled_group_sums<T, KT, BB>(p, b0, k0, S);
+  T a[BB][KT];
+  for (int64_t j = 0; j < p.M; ++j) {
+    weighted_means<T, KT, BB>(p, j, k0, fbar, a);
+    for (int r = 0; r < BB; ++r) {
+      const T* sq = S + (r * p.C + p.q[j]) * KT;
+      T* d = df + ((b0 + r) * p.M + j) * p.K + k0;
+      const T scale = gg[b0 + r];
+      for (int kk = 0; kk < KT; ++kk) d[kk] = scale * (a[r][kk] + sq[kk]);
+    }
+  }
+}
+
+// dW[j, c0 + cc, :] = sum_b gg[b] f[b, j, :] fbar[b, c0 + cc, :]; fbar_all is [B, C, KT].
+template <typename T, int KT, int CC>
+IG_INLINE void dW_block(const Problem<T>& p, const T* gg, int64_t j, int64_t c0, int64_t k0, const T* fbar_all,
+                        T* dW) {
+  T acc[CC][KT] = {};
+  for (int64_t b = 0; b < p.B; ++b) {
+    const T* fr = p.f + (b * p.M + j) * p.K + k0;
+    T x[KT];
+    for (int kk = 0; kk < KT; ++kk) x[kk] = gg[b] * fr[kk];
+    const T* fb = fbar_all + (b * p.C + c0) * KT;
+    for (int cc = 0; cc < CC; ++cc)
+      for (int kk = 0; kk < KT; ++kk) acc[cc][kk] += x[kk] * fb[cc * KT + kk];
+  }
+  for (int cc = 0; cc < CC; ++cc) {
+    T* d = dW + (j * p.C + c0 + cc) * p.K + k0;
+    for (int kk = 0; kk < KT; ++kk) d[kk] = acc[cc][kk];
+  }
+}
+
+template <typename T, int KT>
+IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, T* df, T* dW) {
+  std::vector<T> fbar_all(p.B * p.C * KT);
+  for (int64_t b = 0; b < p.B; ++b) group_means<T, KT>(p, b, k0, fbar_all.data() + b * p.C * KT);
+  std::vector<T> S(kBlockB * p.C * KT);
+  int64_t b = 0;
+  for (; b + kBlockB <= p.B; b += kBlockB)
+    df_block<T, KT, kBlockB>(p, gg, b, k0, fbar_all.data() + b * p.C * KT, S.data(), df);
+  for (; b < p.B; ++b) df_block<T, KT, 1>(p, gg, b, k0, fbar_all.data() + b * p.C * KT, S.data(), df);
+  for (int64_t j = 0; j < p.M; ++j) {
+    int64_t c = 0;
+    for (; c + kBlockC <= p.C; c += kBlockC) dW_block<T, KT, kBlockC>(p, gg, j, c, k0, fbar_all.data(), dW);
+    for (; c < p.C; ++c) dW_block<T, KT, 1>(p, gg, j, c, k0, fbar_all.data(), dW);
+  }
+}
+
+// Tile widths: one 256-bit register of lanes.
+template <typename T>
+constexpr int kTile = 32 / sizeof(T);
+
+// Non-template entry points, one per dtype, compiled for each target in IG_MULTIVERSION.
+IG_MULTIVERSION void forward_tile_f32(const Problem<float>& p, int64_t k0, int64_t width, int64_t b0, int64_t b1,
+                                      double* g) {
+  if (width == kTile<float>) forward_tile<float, kTile<float>>(p, k0, b0, b1, g);
+  else forward_tile<float, 1>(p, k0, b0, b1, g);
+}
+IG_MULTIVERSION void forward_tile_f64(const Problem<double>& p, int64_t k0, int64_t width, int64_t b0, int64_t b1,
+                                      double* g) {
+  if (width == kTile<double>) forward_tile<double, kTile<double>>(p, k0, b0, b1, g);
+  else forward_tile<double, 1>(p, k0, b0, b1, g);
+}
+IG_MULTIVERSION void backward_tile_f32(const Problem<float>& p, const float* gg, int64_t k0, int64_t width, float* df,
+                                       float* dW) {
+  if (width == kTile<float>) backward_tile<float, kTile<float>>(p, gg, k0, df, dW);
+  else backward_tile<float, 1>(p, gg, k0, df, dW);
+}
+IG_MULTIVERSION void backward_tile_f64(const Problem<double>& p, const double* gg, int64_t k0, int64_t width,
+                                       double* df, double* dW) {
+  if (width == kTile<double>) backward_tile<double, kTile<double>>(p, gg, k0, df, dW);
+  else backward_tile<double, 1>(p, gg, k0, df, dW);
+}
+
+inline void forward_tile_any(const Problem<float>& p, int64_t k0, int64_t w, int64_t b0, int64_t b1, double* g) {
+  forward_tile_f32(p, k0, w, b0, b1, g);
+}
+inline void forward_tile_any(const Problem<double>& p, int64_t k0, int64_t w, int64_t b0, int64_t b1, double* g) {
+  forward_tile_f64(p, k0, w, b0, b1, g);
+}
+inline void backward_tile_any(const Problem<float>& p, const float* gg, int64_t k0, int64_t w, float* df, float* dW) {
+  backward_tile_f32(p, gg, k0, w, df, dW);
+}
+inline void backward_tile_any(const Problem<double>& p, const double* gg, int64_t k0, int64_t w, double* df,
+                              double* dW) {
+  backward_tile_f64(p, gg, k0, w, df, dW);
+}
+
+// Tile t covers [k0, k0 + width): full tiles first, then the trailing positions one by one.
+struct Tiling {
+  int64_t full, count, KT;
+  Tiling(int64_t K, int64_t KT_) : full(K / KT_), count(K / KT_ + K % KT_), KT(KT_) {}
+  int64_t start(int64_t t) const { return t < full ? t * KT : full * KT + (t - full); }
+  int64_t width(int64_t t) const { return t < full ? KT : 1; }
+};
+
+template <typename T>
+at::Tensor inverse_group_sizes(const at::Tensor& groups, int64_t C) {
+  std::vector<int64_t> n(C, 0);
+  const int64_t* q = groups.data_ptr<int64_t>();
+  for (int64_t j = 0; j < groups.numel(); ++j) ++n[q[j]];
+  at::Tensor inv = at::empty({C}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* d = inv.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c) d[c] = n[c] > 0 ? T(1) / T(n[c]) : T(0);  // empty group: fbar = 0
+  return inv;
+}
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups, const at::Tensor& inv_n,
+                        const EnergyShape& s) {
+  return Problem<T>{f.data_ptr<T>(), W.data_ptr<T>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<T>(),
+                    s.B, s.M, s.K, s.C};
+}
+
+// Half/bfloat16 inputs on the CPU are computed in float32 and cast back.
+at::ScalarType compute_dtype(const at::Tensor& f) {
+  return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+}  // namespace cpu_energy
+
+using namespace cpu_energy;
+
+at::Tensor group_energy_cpu(const at::Tensor& f_in, const at::Tensor& W_in, const at::Tensor& groups_in) {
+  const EnergyShape s = check_group_energy_args("group_energy", f_in, W_in, groups_in);
+  const auto groups = groups_in.contiguous();
+  check_group_ids_cpu("group_energy", groups, s.C);
+  const auto ct = compute_dtype(f_in);
+  const auto f = as_bmk(f_in, s).to(ct);
+  const auto W = W_in.contiguous().to(ct);
+  auto g_acc = at::zeros({s.B}, f.options().dtype(at::kDouble));
+  if (s.B == 0 || s.K == 0 || s.M == 0) return g_acc.to(W_in.scalar_type());
+
+  AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_cpu", [&] {
+    const auto inv_n = inverse_group_sizes<scalar_t>(groups, s.C);
+    const auto p = make_problem<scalar_t>(f, W, groups, inv_n, s);
+    const Tiling tiles(s.K, kTile<scalar_t>);
+    // Samples are split into chunks too, so that small K still keeps every core busy.
+    const int64_t chunk = std::max<int64_t>(kBlockB, (s.B + 15) / 16 / kBlockB * kBlockB);
+    const int64_t n_chunks = (s.B + chunk - 1) / chunk;
+    auto partial = at::zeros({tiles.count, s.B}, g_acc.options());
+    double* part = partial.data_ptr<double>();
+    at::parallel_for(0, tiles.count * n_chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t t = task / n_chunks, b0 = (task % n_chunks) * chunk;
+        forward_tile_any(p, tiles.start(t), tiles.width(t), b0, std::min(s.B, b0 + chunk), part + t * s.B);
+      }
+    });
+    g_acc = partial.sum(0);
+  });
+  return g_acc.to(W_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f_in,
+                                                             const at::Tensor& W_in, const at::Tensor& groups_in) {
+  const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
+  TORCH_CHECK(grad_out.dim() == 1 && grad_out.size(0) == s.B, "group_energy_backward: expected grad_out of shape [B=",
+              s.B, "], but got ", shape_str(grad_out));
+  TORCH_CHECK(grad_out.device() == f_in.device(), "group_energy_backward: expected grad_out on ", f_in.device(),
+              ", but got ", grad_out.device());
+  const auto groups = groups_in.contiguous();
+  check_group_ids_cpu("group_energy_backward", groups, s.C);
+  const auto ct = compute_dtype(f_in);
+  const auto f = as_bmk(f_in, s).to(ct);
+  const auto W = W_in.contiguous().to(ct);
+  const auto gg = grad_out.contiguous().to(ct);
+  auto df = at::zeros({s.B, s.M, s.K}, f.options());
+  auto dW = at::zeros({s.M, s.C, s.K}, W.options());
+  if (s.B > 0 && s.K > 0 && s.M > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_backward_cpu", [&] {
+      const auto inv_n = inverse_group_sizes<scalar_t>(groups, s.C);
+      const auto p = make_problem<scalar_t>(f, W, groups, inv_n, s);
+      const Tiling tiles(s.K, kTile<scalar_t>);
+      scalar_t* df_p = df.data_ptr<scalar_t>();
+      scalar_t* dW_p = dW.data_ptr<scalar_t>();
+      const scalar_t* gg_p = gg.data_ptr<scalar_t>();
+      // Each tile writes its own positions of df and dW: no reduction across tasks.
+      at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t)
+          backward_tile_any(p, gg_p, tiles.start(t), tiles.width(t), df_p, dW_p);
+      });
+    });
+  }
+  return {df.view(f_in.sizes()).to(f_in.scalar_type()), dW.to(W_in.scalar_type())};
+}
+
+}  // namespace interpgan

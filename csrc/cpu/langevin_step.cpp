@@ -1,0 +1,108 @@
+// CPU kernel of langevin_step (SPEC §4): one fused pass over z, with the Gaussian noise drawn inside it.
+//
+// Noise: one 64-bit seed is taken from the torch CPU generator (under its mutex); element i then uses the
+// counter-based Philox stream (seed, subsequence i / 4). The draw is therefore parallel, independent of the
+// thread count, and the same seed gives the same z'. It is not the stream torch.randn would produce; pass
+// noise= to replay a given draw exactly.
+#include "../checks.h"
+#include "../ops.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/PhiloxRNGEngine.h>
+#include <cmath>
+
+namespace interpgan {
+namespace {
+
+constexpr int64_t kPerDraw = 4;  // normals from one 128-bit Philox output
+
+inline uint64_t take_seed(std::optional<at::Generator> generator) {
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->random64();
+}
+
+// Four standard normals from Philox(seed, subsequence) by Box-Muller.
+inline void philox_normal4(uint64_t seed, uint64_t subsequence, double out[4]) {
+  at::Philox4_32 engine(seed, subsequence, 0);
+  uint32_t u[4];
+  for (auto& x : u) x = engine();
+  constexpr double kTwoPi = 6.283185307179586;
+  constexpr double kInv32 = 1.0 / 4294967296.0;
+  for (int i = 0; i < 2; ++i) {
+    const double u1 = (static_cast<double>(u[2 * i]) + 0.5) * kInv32;  // in (0, 1): log is finite
+    const double u2 = static_cast<double>(u[2 * i + 1]) * kInv32;
+    const double r = std::sqrt(-2.0 * std::log(u1));
+    out[2 * i] = r * std::cos(kTwoPi * u2);
+    out[2 * i + 1] = r * std::sin(kTwoPi * u2);
+  }
+}
+
+template <typename scalar_t>
+void langevin_kernel(scalar_t* out, const scalar_t* z, const scalar_t* grad, const scalar_t* noise, int64_t n,
+                     double step_size, double prior_weight, std::optional<double> drift_clip, uint64_t seed) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const opmath_t half_sq = static_cast<opmath_t>(0.5 * step_size * step_size);
+  const opmath_t step = static_cast<opmath_t>(step_size);
+  const opmath_t pw = static_cast<opmath_t>(prior_weight);
+  const bool clip = drift_clip.has_value();
+  const opmath_t lim = clip ? static_cast<opmath_t>(*drift_clip) : opmath_t(0);
+  const int64_t n_draws = (n + kPerDraw - 1) / kPerDraw;
+  at::parallel_for(0, n_draws, 2048, [&](int64_t begin, int64_t end) {
+    double eps[kPerDraw];
+    for (int64_t d = begin; d < end; ++d) {
+      if (noise == nullptr) philox_normal4(seed, static_cast<uint64_t>(d), eps);
+      const int64_t i_end = std::min(n, (d + 1) * kPerDraw);
+      for (int64_t i = d * kPerDraw; i < i_end; ++i) {
+        const opmath_t zi = static_cast<opmath_t>(z[i]);
+        opmath_t drift = static_cast<opmath_t>(grad[i]) - pw * zi;
+        if (clip) drift = drift < -lim ? -lim : (drift > lim ? lim : drift);  // NaN stays NaN
+        const opmath_t e = noise ? static_cast<opmath_t>(noise[i]) : static_cast<opmath_t>(eps[i - d * kPerDraw]);
+        out[i] = static_cast<scalar_t>(zi + half_sq * drift + step * e);
+      }
+    }
+  });
+}
+
+void langevin_into(at::Tensor& out, const at::Tensor& z, const at::Tensor& grad, double step_size,
+                   double prior_weight, std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
+                   std::optional<at::Generator> generator) {
+  const auto zc = z.contiguous();
+  const auto gc = grad.contiguous();
+  const auto nc = noise.has_value() ? std::optional<at::Tensor>(noise->contiguous()) : std::nullopt;
+  const uint64_t seed = nc.has_value() ? 0 : take_seed(generator);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "langevin_step_cpu", [&] {
+    langevin_kernel<scalar_t>(out.data_ptr<scalar_t>(), zc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+                              nc.has_value() ? nc->data_ptr<scalar_t>() : nullptr, z.numel(), step_size,
+                              prior_weight, drift_clip, seed);
+  });
+}
+
+}  // namespace
+
+at::Tensor langevin_step_cpu(const at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
+                             std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
+                             std::optional<at::Generator> generator) {
+  check_langevin_args("langevin_step", z, grad, noise, step_size, drift_clip);
+  auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
+  langevin_into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
+  return out;
+}
+
+void langevin_step_inplace_cpu(at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
+                               std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
+                               std::optional<at::Generator> generator) {
+  check_langevin_args("langevin_step_", z, grad, noise, step_size, drift_clip);
+  if (z.is_contiguous()) {
+    langevin_into(z, z, grad, step_size, prior_weight, drift_clip, noise, generator);  // elementwise: safe in place
+  } else {
+    auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
+    langevin_into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
+    z.copy_(out);
+  }
+}
+
+}  // namespace interpgan

@@ -1,0 +1,27 @@
+// The Python module interpgan_ext._C: importing it registers the ops (ops.cpp); it also reports how it was built.
+#include <torch/extension.h>
+
+#ifdef INTERPGAN_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+// Both are set by setup.py.
+#ifndef INTERPGAN_CUDA_ARCHS
+#define INTERPGAN_CUDA_ARCHS ""
+#endif
+#ifndef INTERPGAN_BUILT_WITH_TORCH
+#define INTERPGAN_BUILT_WITH_TORCH ""
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "interpgan_ext compiled kernels (ops are registered under torch.ops.interpgan)";
+#ifdef INTERPGAN_WITH_CUDA
+  m.attr("with_cuda") = true;
+  m.attr("cuda_version") = CUDART_VERSION;  // e.g. 13000 for CUDA 13.0
+#else
+  m.attr("with_cuda") = false;
+  m.attr("cuda_version") = py::none();
+#endif
+  m.attr("cuda_archs") = std::string(INTERPGAN_CUDA_ARCHS);
+  m.attr("torch_version") = std::string(INTERPGAN_BUILT_WITH_TORCH);
+}

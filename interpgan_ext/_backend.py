@@ -1,0 +1,120 @@
+"""Loads the compiled ops (interpgan_ext._C) and decides, per tensor, whether they or the reference run.
+
+The package always imports: without the extension every op runs its pure-PyTorch reference, and the
+reason is given once as a warning and in `interpgan_ext.info()`. `INTERPGAN_BACKEND=reference` forces
+the reference backend.
+"""
+import os
+import warnings
+
+import torch
+
+_C = None
+unavailable_reason = None
+
+if os.environ.get("INTERPGAN_BACKEND", "").strip().lower() == "reference":
+    unavailable_reason = "forced by INTERPGAN_BACKEND=reference"
+else:
+    try:
+        from interpgan_ext import _C  # noqa: F811  (registers torch.ops.interpgan.*)
+    except (ImportError, OSError) as exc:  # not built, or built against another torch / CUDA
+        unavailable_reason = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            "interpgan_ext: the compiled ops could not be loaded, so the slower pure-PyTorch reference is used. "
+            f"Reason: {unavailable_reason}. Rebuild with `pip install --no-build-isolation .` "
+            "(set INTERPGAN_BACKEND=reference to silence this).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def _version_pair(v):
+    return tuple(int(x) for x in str(v).split(".")[:2])
+
+
+def cuda_version_mismatch():
+    """A message if the extension's CUDA runtime differs from torch's in major.minor, else None."""
+    if _C is None or not _C.with_cuda or torch.version.cuda is None:
+        return None
+    ext = (_C.cuda_version // 1000, (_C.cuda_version % 1000) // 10)
+    if ext != _version_pair(torch.version.cuda):
+        return (
+            f"interpgan_ext was compiled with CUDA {ext[0]}.{ext[1]} but torch uses CUDA {torch.version.cuda}; "
+            "rebuild it against this torch: pip install --no-build-isolation --force-reinstall --no-deps ."
+        )
+    return None
+
+
+_mismatch = cuda_version_mismatch()
+if _mismatch:
+    warnings.warn(_mismatch, RuntimeWarning, stacklevel=2)
+
+_warned_cuda_fallback = False
+
+
+def has_extension():
+    return _C is not None
+
+
+def has_cuda_kernels():
+    return _C is not None and bool(_C.with_cuda)
+
+
+def use_compiled(t: torch.Tensor) -> bool:
+    """True when the compiled kernel serves a tensor on t's device; warns once when CUDA falls back."""
+    global _warned_cuda_fallback
+    if _C is None:
+        return False
+    if t.device.type == "cpu":
+        return True
+    if t.device.type == "cuda":
+        if _C.with_cuda:
+            return True
+        if not _warned_cuda_fallback:
+            _warned_cuda_fallback = True
+            warnings.warn(
+                "interpgan_ext: CUDA tensors given, but the extension was built without CUDA kernels; "
+                "using the pure-PyTorch reference on the GPU. Rebuild on a machine with nvcc and a CUDA build of torch.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return False
+
+
+def backend_name(device="cpu") -> str:
+    """'cuda', 'cpu-ext' or 'reference': what serves tensors on `device`."""
+    device = torch.device(device)
+    if _C is None:
+        return "reference"
+    if device.type == "cuda":
+        return "cuda" if _C.with_cuda else "reference"
+    return "cpu-ext" if device.type == "cpu" else "reference"
+
+
+class BuildInfo(dict):
+    """A dict that prints as aligned `key: value` lines."""
+
+    def __str__(self):
+        width = max(len(k) for k in self)
+        return "\n".join(f"{k.ljust(width)} : {v}" for k, v in self.items())
+
+
+def info() -> BuildInfo:
+    """Which backend runs the ops, and how the extension was built."""
+    cuda_ok = torch.cuda.is_available()
+    out = BuildInfo()
+    out["backend"] = backend_name("cuda" if cuda_ok else "cpu")
+    out["backend_cpu"] = backend_name("cpu")
+    out["backend_cuda"] = backend_name("cuda") if cuda_ok else "n/a (no GPU visible)"
+    out["extension"] = "loaded" if _C is not None else f"not loaded ({unavailable_reason})"
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = torch.version.cuda
+    if _C is not None:
+        out["ext_built_with_torch"] = _C.torch_version
+        out["ext_cuda_kernels"] = bool(_C.with_cuda)
+        if _C.with_cuda:
+            out["ext_cuda_version"] = f"{_C.cuda_version // 1000}.{(_C.cuda_version % 1000) // 10}"
+            out["ext_cuda_archs"] = _C.cuda_archs
+    if _mismatch:
+        out["warning"] = _mismatch
+    return out

@@ -1,0 +1,145 @@
+"""The filter partition q (SPEC §5, "Partition"): a diagonal-covariance GMM over filter descriptors.
+
+Each filter j is described by F^j, its feature maps over a batch of generated images (average-pooled to at
+most 16x16, flattened, then standardised per filter to zero mean and unit norm), and the C-component GMM
+fitted by EM gives q_j = argmax_c P(c | F^j). `log_likelihood` is differentiable in the descriptors, for
+L_gmm(G) = -(1/M) sum_j log N(F^j; mu_{q_j}, Sigma_{q_j}) with the GMM held fixed.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def filter_descriptors(features: torch.Tensor, max_side: int = 16) -> torch.Tensor:
+    """[N, M, H, W] feature maps -> [M, N*K'] descriptors, zero mean and unit norm per filter."""
+    if features.dim() != 4:
+        raise ValueError(f"filter_descriptors: expected features [N, M, H, W], got {list(features.shape)}")
+    H, W = features.shape[-2:]
+    if max(H, W) > max_side:
+        features = F.adaptive_avg_pool2d(features, (min(H, max_side), min(W, max_side)))
+    d = features.transpose(0, 1).reshape(features.shape[1], -1).float()
+    d = d - d.mean(dim=1, keepdim=True)
+    return d / d.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _log_gauss_diag(X, means, variances):
+    """log N(x_i; mu_c, diag var_c) for all i, c -> [M, C], by matrix products (no [M, C, D] tensor)."""
+    prec = 1.0 / variances
+    D = X.shape[1]
+    quad = (X * X) @ prec.T - 2 * X @ (means * prec).T + (means * means * prec).sum(1)[None]
+    return -0.5 * (D * math.log(2 * math.pi) + torch.log(variances).sum(1)[None] + quad)
+
+
+@dataclass
+class FilterPartition:
+    """GMM over filter descriptors. backend "torch" (batched EM on the descriptors' device) or "sklearn"."""
+
+    n_groups: int
+    backend: str = "torch"
+    max_iter: int = 100
+    tol: float = 1e-5
+    reg_covar: float = 1e-6
+    seed: int = 0
+    q: Optional[torch.Tensor] = None
+    posteriors: Optional[torch.Tensor] = None
+    means: Optional[torch.Tensor] = None
+    variances: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
+    history: List[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.n_groups < 1:
+            raise ValueError(f"FilterPartition: n_groups must be >= 1, got {self.n_groups}")
+        if self.backend not in ("torch", "sklearn"):
+            raise ValueError(f"FilterPartition: backend must be 'torch' or 'sklearn', got {self.backend!r}")
+
+    # -- fitting ------------------------------------------------------------------------------------
+    def fit(self, X: torch.Tensor) -> "FilterPartition":
+        """Fit to descriptors X [M, D] (one row per filter). Sets q, posteriors, means, variances, weights."""
+        X = X.detach()
+        if X.dim() != 2 or X.shape[0] < self.n_groups:
+            raise ValueError(f"FilterPartition.fit: expected [M >= {self.n_groups}, D] descriptors, got {list(X.shape)}")
+        if not torch.isfinite(X).all():
+            raise ValueError("FilterPartition.fit: descriptors contain NaN or inf")
+        if self.backend == "sklearn":
+            self._fit_sklearn(X)
+        else:
+            self._fit_torch(X.float())
+        self.q = self.posteriors.argmax(dim=1)
+        return self
+
+    def _fit_sklearn(self, X):
+        from sklearn.mixture import GaussianMixture
+
+        gm = GaussianMixture(self.n_groups, covariance_type="diag", reg_covar=self.reg_covar, max_iter=self.max_iter,
+                             tol=self.tol, random_state=self.seed, init_params="k-means++")
+        gm.fit(X.cpu().double().numpy())
+        to = lambda a: torch.as_tensor(a, dtype=torch.float32, device=X.device)  # noqa: E731
+        self.means, self.variances, self.weights = to(gm.means_), to(gm.covariances_), to(gm.weights_)
+        self.posteriors = to(gm.predict_proba(X.cpu().double().numpy()))
+        self.history = [float(gm.lower_bound_)]
+
+    def _kmeans_pp(self, X, gen):
+        """k-means++ seeding: each next centre drawn with probability proportional to squared distance."""
+        M = X.shape[0]
+        centres = [X[torch.randint(M, (1,), generator=gen).item()]]
+        d2 = ((X - centres[0]) ** 2).sum(1)
+        for _ in range(1, self.n_groups):
+            probs = (d2 / d2.sum()).cpu() if d2.sum() > 0 else torch.full((M,), 1.0 / M)
+            nxt = X[torch.multinomial(probs, 1, generator=gen).item()]
+            centres.append(nxt)
+            d2 = torch.minimum(d2, ((X - nxt) ** 2).sum(1))
+        return torch.stack(centres)
+
+    def _fit_torch(self, X):
+        gen = torch.Generator().manual_seed(self.seed)
+        M, C = X.shape[0], self.n_groups
+        global_var = X.var(dim=0, unbiased=False) + self.reg_covar
+        means = self._kmeans_pp(X, gen)
+        # hard assignment to the nearest seed, then a first M-step
+        resp = F.one_hot(torch.cdist(X, means).argmin(1), C).float()
+        self.history = []
+        prev = -math.inf
+        for _ in range(self.max_iter):
+            nk = resp.sum(0)
+            empty = nk < 1e-3
+            if empty.any():  # re-seed an empty component on the worst-explained filters
+                worst = torch.argsort(resp.max(1).values)[: int(empty.sum())]
+                resp[worst] = F.one_hot(torch.nonzero(empty).flatten(), C).float()
+                nk = resp.sum(0)
+            means = (resp.T @ X) / nk[:, None]
+            variances = ((resp.T @ (X * X)) / nk[:, None] - means**2).clamp_min(0) + self.reg_covar
+            variances = torch.where(nk[:, None] > 1.5, variances, global_var[None].expand_as(variances))
+            weights = nk / M
+            log_joint = _log_gauss_diag(X, means, variances) + torch.log(weights)[None]
+            log_norm = torch.logsumexp(log_joint, dim=1)
+            resp = torch.exp(log_joint - log_norm[:, None])
+            ll = log_norm.mean().item()
+            self.history.append(ll)
+            if abs(ll - prev) < self.tol * max(1.0, abs(ll)):
+                break
+            prev = ll
+        self.means, self.variances, self.weights, self.posteriors = means, variances, weights, resp
+
+    # -- use ------------------------------------------------------------------------------------------
+    def log_likelihood(self, X: torch.Tensor) -> torch.Tensor:
+        """log N(F^j; mu_{q_j}, Sigma_{q_j}) per filter [M], differentiable in X; the GMM is held fixed."""
+        if self.q is None:
+            raise RuntimeError("FilterPartition.log_likelihood: call fit() first")
+        mu, var = self.means[self.q].to(X), self.variances[self.q].to(X)
+        return -0.5 * (((X - mu) ** 2) / var + torch.log(2 * math.pi * var)).sum(dim=1)
+
+    def group_sizes(self) -> torch.Tensor:
+        return torch.bincount(self.q, minlength=self.n_groups)
+
+    def state_dict(self):
+        keys = ("q", "posteriors", "means", "variances", "weights")
+        return {k: getattr(self, k) for k in keys} | {"history": list(self.history), "n_groups": self.n_groups}
+
+    def load_state_dict(self, state):
+        for k in ("q", "posteriors", "means", "variances", "weights"):
+            setattr(self, k, state[k])
+        self.history = list(state.get("history", []))

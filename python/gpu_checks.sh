@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the extension there, run the CUDA tests, compute-sanitizer, the benchmark.
+# Writes logs and JSON under ${OUT:-bench/results/gpu}.
+set -uo pipefail
+OUT=${OUT:-bench/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -m pip install --no-build-isolation --no-deps -q -e . 2>&1 | tail -5 | tee "$OUT/build.log" || exit 1
+python3 -c "import interpgan_ext as ig; print(ig.info())" | tee -a "$OUT/build.log"
+python3 -m pytest -q -m cuda tests/ 2>&1 | tail -15 | tee "$OUT/pytest_cuda.log"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool $tool --error-exitcode 3 python3 python/sanitize_ops.py > "$OUT/sanitizer_$tool.log" 2>&1
+  echo "compute-sanitizer $tool: exit $? ($(tail -1 "$OUT/sanitizer_$tool.log"))"
+done
+python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/bench_ops.log" | tail -12

@@ -1,0 +1,135 @@
+"""Build of interpgan_ext and its compiled ops (interpgan_ext._C).
+
+    pip install --no-build-isolation .
+
+Environment switches:
+    INTERPGAN_SKIP_CUDA=1     build the CPU kernels only, even where CUDA is available
+    INTERPGAN_FORCE_CUDA=1    fail, instead of falling back to CPU-only, when CUDA cannot be built
+    INTERPGAN_SKIP_EXT=1      build no extension at all (pure-PyTorch reference backend)
+    TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPU, else a common list)
+    MAX_JOBS                  parallel compile jobs (ninja)
+    CUDA_HOME                 the CUDA toolkit (default: found from nvcc on PATH, then /usr/local/cuda)
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def locate_cuda_home():
+    """CUDA_HOME must be known before torch.utils.cpp_extension is imported: it reads it once."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        # a real toolkit root has the runtime headers next to nvcc (not, e.g., /usr/local with a shim nvcc)
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+            os.path.join(home, "include", "cuda_runtime_api.h")
+        ):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+def pip_cuda_dirs():
+    """Include and library folders of the CUDA pip wheels (nvidia/cu13/include, nvidia/curand/include, ...).
+
+    A minimal toolkit (nvcc + cudart) lacks headers such as curand_kernel.h; the CUDA build of torch
+    installs them as wheels next to itself.
+    """
+    includes, libs = [], []
+    for site in sys.path:
+        base = os.path.join(site, "nvidia")
+        if not os.path.isdir(base):
+            continue
+        includes += sorted(glob.glob(os.path.join(base, "*", "include")))
+        libs += sorted(glob.glob(os.path.join(base, "*", "lib")))
+    return includes, libs
+
+
+def cuda_arch_note():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return os.environ["TORCH_CUDA_ARCH_LIST"]
+    import torch
+
+    if torch.cuda.is_available():
+        return ";".join(sorted({"%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}))
+    os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS  # no GPU to detect: a common list, not every arch
+    return DEFAULT_ARCHS
+
+
+def build_extensions():
+    if env_flag("INTERPGAN_SKIP_EXT"):
+        return [], {}
+    locate_cuda_home()
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    want_cuda = not env_flag("INTERPGAN_SKIP_CUDA")
+    have_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if want_cuda and not have_cuda:
+        reason = "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA_HOME not found"
+        if env_flag("INTERPGAN_FORCE_CUDA"):
+            raise RuntimeError(f"INTERPGAN_FORCE_CUDA=1 but CUDA kernels cannot be built: {reason}")
+        print(f"interpgan_ext: building CPU kernels only ({reason})", file=sys.stderr)
+    use_cuda = want_cuda and have_cuda
+
+    torch_version = torch.__version__.split("+")[0]
+    define_macros = [("INTERPGAN_BUILT_WITH_TORCH", f'"{torch_version}"')]
+    cxx_flags = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    library_dirs = []
+    if use_cuda:
+        archs = cuda_arch_note()
+        define_macros += [("INTERPGAN_WITH_CUDA", None), ("INTERPGAN_CUDA_ARCHS", f'"{archs}"')]
+        extra_inc, extra_lib = pip_cuda_dirs()
+        # The toolkit's own headers first; the wheels only fill in what a minimal toolkit lacks.
+        include_dirs += [os.path.join(cpp_extension.CUDA_HOME, "include")] + extra_inc
+        library_dirs += extra_lib
+        ext = cpp_extension.CUDAExtension(
+            "interpgan_ext._C",
+            sources + cuda_sources,
+            include_dirs=include_dirs,
+            library_dirs=library_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "interpgan_ext._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+ext_modules, cmdclass = build_extensions()
+
+setup(
+    name="interpgan_ext",
+    version="0.1.0",
+    description="Interpretable GANs (Li et al., AAAI 2022) with fused C++/CUDA ops for PyTorch",
+    packages=find_packages(include=["interpgan_ext", "interpgan_ext.*"]),
+    python_requires=">=3.9",
+    install_requires=["torch>=2.4", "numpy", "tqdm", "pillow", "scikit-learn"],
+    extras_require={"test": ["pytest", "scipy", "scikit-image"], "viz": ["matplotlib", "tensorboard"]},
+    entry_points={"console_scripts": ["interpgan=interpgan_ext.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)

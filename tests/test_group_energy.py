@@ -1,0 +1,231 @@
+"""group_energy against a float64 brute-force reference, its gradients, registration and errors."""
+import pytest
+import torch
+
+import interpgan_ext as ig
+from interpgan_ext import _backend
+from interpgan_ext.ops import group_energy, group_energy_reference
+
+
+def brute_force_energy(f, W, groups):
+    """SPEC §2 written out literally, in float64, with the [B, M, C, K] broadcast (tests only)."""
+    f = f.double().reshape(f.shape[0], f.shape[1], -1)
+    W = W.double()
+    C = W.shape[1]
+    fbar = torch.zeros(f.shape[0], C, f.shape[2], dtype=torch.float64, device=f.device)
+    for c in range(C):
+        members = groups == c
+        if members.any():
+            fbar[:, c] = f[:, members].mean(dim=1)
+    return (W[None] * f[:, :, None] * fbar[:, None]).sum(dim=(1, 2, 3))
+
+
+# (B, M, H, W, C): odd sizes, K = 1, C = 1, C = M, K not a multiple of the CPU tile (8), big-ish M.
+SHAPES = [
+    (3, 7, 5, 3, 3),
+    (1, 1, 1, 1, 1),
+    (5, 6, 1, 1, 6),
+    (2, 9, 3, 7, 1),
+    (4, 16, 4, 4, 5),
+    (6, 33, 3, 5, 7),
+    (9, 64, 4, 4, 24),
+]
+
+
+def make_inputs(B, M, H, Wd, C, device, dtype, w_dtype=None, empty_groups=True, gen=None):
+    f = torch.randn(B, M, H, Wd, generator=gen).to(device=device, dtype=dtype)
+    W = torch.randn(M, C, H * Wd, generator=gen).to(device=device, dtype=w_dtype or dtype)
+    if empty_groups and C > 2:
+        # use only some ids, so that some groups are empty
+        ids = torch.randperm(C, generator=gen)[: max(1, C // 2)]
+        groups = ids[torch.randint(0, len(ids), (M,), generator=gen)]
+    else:
+        groups = torch.randint(0, C, (M,), generator=gen)
+    return f, W, groups.to(device)
+
+
+def tol(dtype):
+    return {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_matches_float64_reference(shape, dtype, device, seeded):
+    f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
+    g = group_energy(f, W, groups)
+    assert g.shape == (shape[0],) and g.dtype == dtype
+    assert rel_err(g, brute_force_energy(f, W, groups)) < tol(dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_matches_float64_reference(shape, dtype, device, seeded):
+    f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
+    f.requires_grad_(True)
+    W.requires_grad_(True)
+    gg = torch.randn(shape[0], generator=seeded).to(device=device, dtype=dtype)
+    df, dW = torch.autograd.grad(group_energy(f, W, groups), (f, W), gg)
+    f64, W64 = f.detach().double().requires_grad_(True), W.detach().double().requires_grad_(True)
+    rf, rW = torch.autograd.grad(brute_force_energy(f64, W64, groups), (f64, W64), gg.double())
+    assert df.shape == f.shape and dW.shape == W.shape
+    assert rel_err(df, rf) < tol(dtype)
+    assert rel_err(dW, rW) < tol(dtype)
+
+
+def test_three_dim_input_equals_four_dim(device, seeded):
+    f, W, groups = make_inputs(4, 10, 3, 5, 4, device, torch.float64, gen=seeded)
+    assert torch.allclose(group_energy(f, W, groups), group_energy(f.flatten(2), W, groups))
+
+
+def test_non_contiguous_inputs(device, seeded):
+    f_big = torch.randn(12, 6, 5, 4, generator=seeded, dtype=torch.float64).to(device)
+    f = f_big.transpose(0, 1)[:, :, ::2]  # [6, 12, 3, 4], strided
+    W = torch.randn(12, 9, 12, generator=seeded, dtype=torch.float64).to(device)[:, ::2]  # [12, 5, 12]
+    groups = torch.randint(0, 5, (24,), generator=seeded).to(device)[::2]
+    assert not f.is_contiguous() and not W.is_contiguous() and not groups.is_contiguous()
+    f.requires_grad_(True)
+    W.requires_grad_(True)
+    g = group_energy(f, W, groups)
+    assert rel_err(g, brute_force_energy(f, W, groups)) < 1e-10
+    df, dW = torch.autograd.grad(g.sum(), (f, W))
+    rf, rW = torch.autograd.grad(brute_force_energy(f, W, groups).sum(), (f, W))
+    assert rel_err(df, rf) < 1e-10 and rel_err(dW, rW) < 1e-10
+
+
+def test_empty_group_contributes_nothing(device):
+    f = torch.randn(3, 4, 2, 2, dtype=torch.float64, device=device)
+    W = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    groups = torch.tensor([0, 0, 2, 2], device=device)  # group 1 is empty
+    g = group_energy(f, W, groups)
+    (dW,) = torch.autograd.grad(g.sum(), W)
+    assert torch.all(dW[:, 1] == 0)
+    W2 = W.detach().clone()
+    W2[:, 1] = 1e6  # weights of the empty group must not matter
+    assert torch.allclose(group_energy(f, W2, groups), g.detach())
+
+
+def test_half_precision_on_cpu_and_cuda(device, seeded):
+    for dtype in (torch.float16, torch.bfloat16):
+        for w_dtype in (dtype, torch.float32):
+            f, W, groups = make_inputs(4, 12, 3, 3, 4, device, dtype, w_dtype=w_dtype, gen=seeded)
+            g = group_energy(f, W, groups)
+            assert g.dtype == w_dtype
+            assert rel_err(g, brute_force_energy(f, W, groups)) < tol(dtype)
+            f.requires_grad_(True)
+            df, dW = torch.autograd.grad(group_energy(f, W.requires_grad_(True), groups).sum(), (f, W))
+            assert df.dtype == dtype and dW.dtype == w_dtype
+
+
+def test_reference_matches_brute_force(seeded):
+    f, W, groups = make_inputs(5, 11, 3, 4, 6, "cpu", torch.float64, gen=seeded)
+    assert rel_err(group_energy_reference(f, W, groups), brute_force_energy(f, W, groups)) < 1e-12
+
+
+def test_gradcheck(device, seeded):
+    f, W, groups = make_inputs(3, 6, 2, 3, 4, device, torch.float64, gen=seeded)
+    f.requires_grad_(True)
+    W.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f, W: group_energy(f, W, groups), (f, W))
+
+
+def test_nan_propagates(device):
+    f = torch.randn(3, 5, 4, dtype=torch.float32, device=device)
+    W = torch.randn(5, 2, 4, dtype=torch.float32, device=device)
+    groups = torch.tensor([0, 1, 0, 1, 1], device=device)
+    f[1, 2, 3] = float("nan")
+    g = group_energy(f, W, groups)
+    assert torch.isnan(g[1]) and torch.isfinite(g[0]) and torch.isfinite(g[2])
+
+
+needs_ext = pytest.mark.skipif(not _backend.has_extension(), reason="compiled extension not loaded")
+
+
+@needs_ext
+def test_opcheck(device, seeded):
+    f, W, groups = make_inputs(3, 7, 2, 3, 3, device, torch.float64, gen=seeded)
+    torch.library.opcheck(torch.ops.interpgan.group_energy, (f, W, groups))
+    torch.library.opcheck(torch.ops.interpgan.group_energy, (f.requires_grad_(True), W.requires_grad_(True), groups))
+    gg = torch.randn(3, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.interpgan.group_energy_backward, (gg, f.detach(), W.detach(), groups))
+
+
+@needs_ext
+def test_direct_op_call_checks_inputs():
+    f = torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="group id out of range"):
+        torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 4), torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="expected W of shape"):
+        torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 5), torch.tensor([0, 1, 1]))
+
+
+class TestBadInput:
+    def setup_method(self):
+        self.f = torch.randn(2, 3, 2, 2)
+        self.W = torch.randn(3, 2, 4)
+        self.groups = torch.tensor([0, 1, 1])
+
+    def test_integer_f(self):
+        with pytest.raises(TypeError, match="floating-point"):
+            group_energy(self.f.long(), self.W, self.groups)
+
+    def test_dtype_mismatch(self):
+        with pytest.raises(TypeError, match="dtype of f"):
+            group_energy(self.f, self.W.double(), self.groups)
+
+    def test_groups_dtype(self):
+        with pytest.raises(TypeError, match="int64"):
+            group_energy(self.f, self.W, self.groups.int())
+
+    def test_shape_mismatch_K(self):
+        with pytest.raises(ValueError, match=r"K=4"):
+            group_energy(self.f, torch.randn(3, 2, 5), self.groups)
+
+    def test_shape_mismatch_M(self):
+        with pytest.raises(ValueError, match=r"M=3"):
+            group_energy(self.f, torch.randn(4, 2, 4), self.groups)
+
+    def test_groups_length(self):
+        with pytest.raises(ValueError, match="groups of length M=3"):
+            group_energy(self.f, self.W, torch.tensor([0, 1]))
+
+    def test_group_id_out_of_range(self):
+        with pytest.raises((ValueError, RuntimeError), match="out of range"):
+            group_energy(self.f, self.W, torch.tensor([0, 2, 1]))
+        with pytest.raises((ValueError, RuntimeError), match="out of range"):
+            group_energy(self.f, self.W, torch.tensor([0, -1, 1]))
+
+    def test_wrong_rank(self):
+        with pytest.raises(ValueError, match=r"\[B, M, H, W\]"):
+            group_energy(torch.randn(3, 4), self.W, self.groups)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+    def test_mixed_devices(self):
+        with pytest.raises(RuntimeError, match="one device"):
+            group_energy(self.f.cuda(), self.W, self.groups)
+
+
+def test_compile_fullgraph_uses_both_ops(device, seeded):
+    """torch.compile(fullgraph=True) over both ops, forward and backward, with no graph break."""
+    f, W, groups = make_inputs(4, 8, 3, 3, 3, device, torch.float32, gen=seeded)
+    z = torch.randn(4, 5, generator=seeded).to(device)
+    grad = torch.randn(4, 5, generator=seeded).to(device)
+    noise = torch.randn(4, 5, generator=seeded).to(device)
+
+    def fn(f, W, z, grad, noise):
+        energy = group_energy(torch.tanh(f), W, groups).sum()
+        return energy, ig.ops.langevin_step(z, grad, 0.1, drift_clip=2.0, noise=noise)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    results = []
+    for run in (compiled, fn):
+        fr, Wr = f.clone().requires_grad_(True), W.clone().requires_grad_(True)
+        energy, z2 = run(fr, Wr, z, grad, noise)
+        energy.backward()
+        results.append((energy.detach(), z2, fr.grad, Wr.grad))
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,144 @@
+"""langevin_step against its reference, noise statistics, seeding, in-place use, registration and errors."""
+import math
+
+import pytest
+import torch
+
+from interpgan_ext import _backend
+from interpgan_ext.ops import langevin_step, langevin_step_reference
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+SHAPES = [(5,), (3, 7), (2, 3, 5, 5), (4, 1, 1), (0, 3)]
+
+
+def inputs(shape, device, dtype, gen):
+    mk = lambda: torch.randn(shape, generator=gen).to(device=device, dtype=dtype)  # noqa: E731
+    return mk(), mk() * 3, mk()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("drift_clip", [None, 0.5])
+def test_given_noise_matches_reference(shape, dtype, drift_clip, device, seeded):
+    z, grad, noise = inputs(shape, device, dtype, seeded)
+    got = langevin_step(z, grad, 0.3, prior_weight=0.7, drift_clip=drift_clip, noise=noise)
+    want = langevin_step_reference(z.double(), grad.double(), 0.3, 0.7, drift_clip, noise.double())
+    assert got.shape == z.shape and got.dtype == dtype
+    assert torch.allclose(got.double(), want, atol=ATOL[dtype], rtol=ATOL[dtype])
+
+
+def test_seeded_generator_reproduces(device):
+    z = torch.randn(64, 33, device=device)
+    grad = torch.randn(64, 33, device=device)
+    run = lambda seed: langevin_step(z, grad, 0.2, generator=torch.Generator(device).manual_seed(seed))  # noqa: E731
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+    torch.manual_seed(3)  # the default generator
+    a = langevin_step(z, grad, 0.2)
+    torch.manual_seed(3)
+    assert torch.equal(a, langevin_step(z, grad, 0.2))
+    assert not torch.equal(a, langevin_step(z, grad, 0.2))  # the generator advanced
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_is_standard_normal(dtype, device):
+    n = 1 << 20
+    z = torch.zeros(n, device=device, dtype=dtype)
+    eps = langevin_step(z, torch.zeros_like(z), 1.0, generator=torch.Generator(device).manual_seed(0)).double()
+    # mean: standard error 1/sqrt(n) ~ 1e-3, allow 5 sigma; variance: s.e. sqrt(2/n) ~ 1.4e-3
+    assert abs(eps.mean().item()) < 5 / math.sqrt(n)
+    assert abs(eps.var().item() - 1) < 5 * math.sqrt(2 / n)
+    # Box-Muller pairs and Philox lanes must be uncorrelated
+    assert abs(torch.corrcoef(torch.stack([eps[:-1], eps[1:]]))[0, 1].item()) < 5 / math.sqrt(n)
+    # tails: P(|x| > 3) = 0.0027
+    assert abs((eps.abs() > 3).double().mean().item() - 0.0027) < 0.0006
+
+
+def test_deterministic_drift_and_prior(device):
+    z = torch.randn(10, 4, device=device, dtype=torch.float64)
+    grad = torch.randn(10, 4, device=device, dtype=torch.float64)
+    out = langevin_step(z, grad, 0.5, prior_weight=1.0, noise=torch.zeros_like(z))
+    assert torch.allclose(out, z + 0.125 * (grad - z))
+    clipped = langevin_step(z, grad * 100, 0.5, drift_clip=1.0, noise=torch.zeros_like(z))
+    assert torch.allclose(clipped, z + 0.125 * (grad * 100 - z).clamp(-1, 1))
+
+
+def test_in_place_out(device, seeded):
+    z, grad, noise = inputs((6, 5), device, torch.float32, seeded)
+    want = langevin_step(z, grad, 0.1, noise=noise)
+    z_ptr = z.data_ptr()
+    got = langevin_step(z, grad, 0.1, noise=noise, out=z)
+    assert got is z and z.data_ptr() == z_ptr and torch.equal(z, want)
+    # a non-contiguous z updated in place
+    zt = torch.randn(5, 6, device=device).t()
+    want = langevin_step(zt, grad, 0.1, noise=noise)
+    langevin_step(zt, grad, 0.1, noise=noise, out=zt)
+    assert torch.equal(zt, want)
+    # a separate out tensor
+    dst = torch.empty_like(want)
+    assert langevin_step(zt, grad, 0.1, noise=noise, out=dst) is dst
+
+
+def test_nan_propagates(device):
+    z = torch.zeros(8, device=device)
+    grad = torch.zeros(8, device=device)
+    grad[3] = float("nan")
+    out = langevin_step(z, grad, 0.1, drift_clip=1.0)
+    assert torch.isnan(out[3]) and torch.isfinite(out[torch.arange(8, device=device) != 3]).all()
+
+
+def test_gradcheck(device):
+    z = torch.randn(4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    grad = torch.randn(4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    noise = torch.randn(4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    for clip in (None, 0.7):
+        assert torch.autograd.gradcheck(lambda z, g, n: langevin_step(z, g, 0.4, 0.8, clip, noise=n), (z, grad, noise))
+
+
+@pytest.mark.skipif(not _backend.has_extension(), reason="compiled extension not loaded")
+def test_opcheck(device, seeded):
+    z, grad, noise = inputs((3, 4), device, torch.float32, seeded)
+    ops = torch.ops.interpgan
+    torch.library.opcheck(ops.langevin_step, (z, grad, 0.1, 1.0, 0.5, noise, None))
+    torch.library.opcheck(ops.langevin_step, (z.requires_grad_(True), grad, 0.1, 1.0, None, noise, None))
+    torch.library.opcheck(ops.langevin_step_, (z.detach().clone(), grad, 0.1, 1.0, None, noise, None))
+    # without noise= the result is random, so only the registration checks that do not compare values
+    torch.library.opcheck(
+        ops.langevin_step, (z.detach(), grad, 0.1), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static")
+    )
+
+
+class TestBadInput:
+    def test_integer_z(self):
+        with pytest.raises(TypeError, match="floating-point"):
+            langevin_step(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), 0.1)
+
+    def test_grad_dtype(self):
+        with pytest.raises(TypeError, match="dtype of z"):
+            langevin_step(torch.zeros(3), torch.zeros(3, dtype=torch.float64), 0.1)
+
+    def test_grad_shape(self):
+        with pytest.raises(ValueError, match="shape of z"):
+            langevin_step(torch.zeros(3, 2), torch.zeros(2, 3), 0.1)
+
+    def test_negative_step(self):
+        with pytest.raises(ValueError, match="step_size >= 0"):
+            langevin_step(torch.zeros(3), torch.zeros(3), -0.1)
+
+    def test_bad_clip(self):
+        with pytest.raises(ValueError, match="drift_clip > 0"):
+            langevin_step(torch.zeros(3), torch.zeros(3), 0.1, drift_clip=0.0)
+
+    def test_noise_shape(self):
+        with pytest.raises(ValueError, match="noise"):
+            langevin_step(torch.zeros(3), torch.zeros(3), 0.1, noise=torch.zeros(4))
+
+    def test_out_shape(self):
+        with pytest.raises(ValueError, match="out"):
+            langevin_step(torch.zeros(3), torch.zeros(3), 0.1, out=torch.zeros(4))
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device")
+    def test_mixed_devices(self):
+        with pytest.raises(RuntimeError, match="device"):
+            langevin_step(torch.zeros(3).cuda(), torch.zeros(3), 0.1)
