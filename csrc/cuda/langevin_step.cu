@@ -75,8 +75,10 @@ void langevin_into(at::Tensor& out, const at::Tensor& z, const at::Tensor& grad,
   if (!nc.has_value()) {
     auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
         generator, at::cuda::detail::getDefaultCUDAGenerator(z.device().index()));
-    TORCH_CHECK(gen->device() == z.device(), "langevin_step: expected a generator on ", z.device(), ", but got one on ",
-                gen->device());
+    // torch.Generator("cuda") carries no index: it means the current device, which the guard set to z's.
+    const auto gd = gen->device();
+    TORCH_CHECK(gd.is_cuda() && (!gd.has_index() || gd.index() == z.device().index()),
+                "langevin_step: expected a generator on ", z.device(), ", but got one on ", gd);
     std::lock_guard<std::mutex> lock(gen->mutex_);
     philox = gen->philox_cuda_state(kPhiloxIncrement);
   }
