@@ -1,6 +1,7 @@
 // Input validation shared by the CPU and CUDA kernels of every op.
-// Every message names the op, the argument, and what was expected versus what was given,
-// so a user calling torch.ops.interpgan.* directly gets the same clear error as through Python.
+// Every message names the op, the argument, and what was expected versus what was given. Wrong dtypes
+// raise TypeError, wrong shapes or values ValueError, wrong devices RuntimeError: the same as the
+// Python-side checks of the reference path (interpgan_ext/ops/*.py), so both backends fail alike.
 #pragma once
 
 #include <torch/library.h>
@@ -25,16 +26,16 @@ inline bool is_low_precision(at::ScalarType t) {
 // (exactly on CPU, by a device-side assert on CUDA, where reading them would force a sync).
 inline EnergyShape check_group_energy_args(const char* op, const at::Tensor& f, const at::Tensor& W,
                                            const at::Tensor& groups) {
-  TORCH_CHECK(f.dim() == 3 || f.dim() == 4, op, ": expected f of shape [B, M, H, W] or [B, M, K], but got ",
+  TORCH_CHECK_VALUE(f.dim() == 3 || f.dim() == 4, op, ": expected f of shape [B, M, H, W] or [B, M, K], but got ",
               shape_str(f));
-  TORCH_CHECK(at::isFloatingType(f.scalar_type()), op, ": expected f to be a floating-point tensor, but got dtype ",
+  TORCH_CHECK_TYPE(at::isFloatingType(f.scalar_type()), op, ": expected f to be a floating-point tensor, but got dtype ",
               f.scalar_type());
-  TORCH_CHECK(W.dim() == 3, op, ": expected W of shape [M, C, K], but got ", shape_str(W));
+  TORCH_CHECK_VALUE(W.dim() == 3, op, ": expected W of shape [M, C, K], but got ", shape_str(W));
   const bool same = W.scalar_type() == f.scalar_type();
   const bool mixed = is_low_precision(f.scalar_type()) && W.scalar_type() == at::kFloat;
-  TORCH_CHECK(same || mixed, op, ": expected W to have the dtype of f (", f.scalar_type(),
+  TORCH_CHECK_TYPE(same || mixed, op, ": expected W to have the dtype of f (", f.scalar_type(),
               "), or float32 when f is float16/bfloat16, but got ", W.scalar_type());
-  TORCH_CHECK(groups.dim() == 1 && groups.scalar_type() == at::kLong, op,
+  TORCH_CHECK_TYPE(groups.dim() == 1 && groups.scalar_type() == at::kLong, op,
               ": expected groups to be a 1-D int64 tensor [M], but got dtype ", groups.scalar_type(), " and shape ",
               shape_str(groups));
   TORCH_CHECK(W.device() == f.device() && groups.device() == f.device(), op,
@@ -45,11 +46,11 @@ inline EnergyShape check_group_energy_args(const char* op, const at::Tensor& f, 
   s.M = f.size(1);
   s.K = f.dim() == 4 ? f.size(2) * f.size(3) : f.size(2);
   s.C = W.size(1);
-  TORCH_CHECK(W.size(0) == s.M && W.size(2) == s.K, op, ": expected W of shape [M=", s.M, ", C, K=", s.K,
+  TORCH_CHECK_VALUE(W.size(0) == s.M && W.size(2) == s.K, op, ": expected W of shape [M=", s.M, ", C, K=", s.K,
               "] to match f ", shape_str(f), ", but got ", shape_str(W));
-  TORCH_CHECK(groups.size(0) == s.M, op, ": expected groups of length M=", s.M, " (one id per filter), but got ",
+  TORCH_CHECK_VALUE(groups.size(0) == s.M, op, ": expected groups of length M=", s.M, " (one id per filter), but got ",
               groups.size(0));
-  TORCH_CHECK(s.C >= 1, op, ": expected at least one group (W.size(1) >= 1), but got C=", s.C);
+  TORCH_CHECK_VALUE(s.C >= 1, op, ": expected at least one group (W.size(1) >= 1), but got C=", s.C);
   return s;
 }
 
@@ -57,7 +58,7 @@ inline EnergyShape check_group_energy_args(const char* op, const at::Tensor& f, 
 inline void check_group_ids_cpu(const char* op, const at::Tensor& groups, int64_t C) {
   const int64_t* q = groups.data_ptr<int64_t>();
   for (int64_t j = 0; j < groups.numel(); ++j) {
-    TORCH_CHECK(q[j] >= 0 && q[j] < C, op, ": group id out of range: groups[", j, "] = ", q[j],
+    TORCH_CHECK_VALUE(q[j] >= 0 && q[j] < C, op, ": group id out of range: groups[", j, "] = ", q[j],
                 ", expected 0 <= id < C = ", C);
   }
 }
@@ -65,21 +66,21 @@ inline void check_group_ids_cpu(const char* op, const at::Tensor& groups, int64_
 inline void check_langevin_args(const char* op, const at::Tensor& z, const at::Tensor& grad,
                                 const std::optional<at::Tensor>& noise, double step_size,
                                 std::optional<double> drift_clip) {
-  TORCH_CHECK(at::isFloatingType(z.scalar_type()), op, ": expected z to be a floating-point tensor, but got dtype ",
+  TORCH_CHECK_TYPE(at::isFloatingType(z.scalar_type()), op, ": expected z to be a floating-point tensor, but got dtype ",
               z.scalar_type());
-  TORCH_CHECK(grad.scalar_type() == z.scalar_type(), op, ": expected grad to have the dtype of z (", z.scalar_type(),
+  TORCH_CHECK_TYPE(grad.scalar_type() == z.scalar_type(), op, ": expected grad to have the dtype of z (", z.scalar_type(),
               "), but got ", grad.scalar_type());
   TORCH_CHECK(grad.device() == z.device(), op, ": expected grad on the device of z (", z.device(), "), but got ",
               grad.device());
-  TORCH_CHECK(grad.sizes() == z.sizes(), op, ": expected grad of the shape of z ", shape_str(z), ", but got ",
+  TORCH_CHECK_VALUE(grad.sizes() == z.sizes(), op, ": expected grad of the shape of z ", shape_str(z), ", but got ",
               shape_str(grad));
-  TORCH_CHECK(step_size >= 0, op, ": expected step_size >= 0, but got ", step_size);
+  TORCH_CHECK_VALUE(step_size >= 0, op, ": expected step_size >= 0, but got ", step_size);
   if (drift_clip.has_value()) {
-    TORCH_CHECK(*drift_clip > 0, op, ": expected drift_clip > 0 (or None), but got ", *drift_clip);
+    TORCH_CHECK_VALUE(*drift_clip > 0, op, ": expected drift_clip > 0 (or None), but got ", *drift_clip);
   }
   if (noise.has_value()) {
     const auto& n = *noise;
-    TORCH_CHECK(n.scalar_type() == z.scalar_type() && n.device() == z.device() && n.sizes() == z.sizes(), op,
+    TORCH_CHECK_VALUE(n.scalar_type() == z.scalar_type() && n.device() == z.device() && n.sizes() == z.sizes(), op,
                 ": expected noise with the dtype, device and shape of z (", z.scalar_type(), ", ", z.device(), ", ",
                 shape_str(z), "), but got ", n.scalar_type(), ", ", n.device(), ", ", shape_str(n));
   }

@@ -14,4 +14,5 @@ for tool in memcheck racecheck; do
   compute-sanitizer --tool $tool --error-exitcode 3 python3 python/sanitize_ops.py > "$OUT/sanitizer_$tool.log" 2>&1
   echo "compute-sanitizer $tool: exit $? ($(tail -1 "$OUT/sanitizer_$tool.log"))"
 done
+python3 python/profile_ops.py > "$OUT/profile_ops.txt" 2>&1; head -30 "$OUT/profile_ops.txt"
 python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/bench_ops.log" | tail -12

@@ -156,9 +156,9 @@ def test_opcheck(device, seeded):
 @needs_ext
 def test_direct_op_call_checks_inputs():
     f = torch.randn(2, 3, 4)
-    with pytest.raises(RuntimeError, match="group id out of range"):
+    with pytest.raises(ValueError, match="group id out of range"):
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 4), torch.tensor([0, 1, 2]))
-    with pytest.raises(RuntimeError, match="expected W of shape"):
+    with pytest.raises(ValueError, match="expected W of shape"):
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 5), torch.tensor([0, 1, 1]))
 
 

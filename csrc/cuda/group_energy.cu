@@ -5,6 +5,9 @@
 // W[j, c, k] serves kBlockB multiply-adds. Scratch is O(B*C*K) (fbar, S): never [B, M, C, K].
 // Reductions go through fixed-order per-block partials, never atomics, so results are run-to-run identical.
 //
+// Group ids outside [0, C) are never read out of bounds: they are skipped, and the df kernel, which indexes
+// by q_j, raises a device-side assert (the CUDA form of the CPU's exact range check).
+//
 //   forward : group_means -> weighted_means<Energy> -> sum of block partials
 //   backward: group_sums (S and fbar in one pass over f) -> weighted_means<Grad> (df) ; dW
 #include "../checks.h"
@@ -24,62 +27,61 @@ constexpr int kBlockB = 4;   // samples per thread
 constexpr int kBlockC = 4;   // groups per thread in dW
 constexpr int kTileK = 32;   // positions per block (one warp)
 constexpr int kTileRows = 8; // filters (or groups) per block
-constexpr int kThreads1D = 256;
 
-// Per-group bookkeeping on the device, built from ATen ops without a host sync:
-// members of group c are perm[offset[c] : offset[c] + count[c]].
-struct Partition {
-  at::Tensor perm, offset, count;
-};
+constexpr int kMeansThreads = 128;  // positions per block in group_means
+constexpr int kMeansGroups = 32;    // groups accumulated per pass in shared memory
 
-at::Tensor group_counts(const at::Tensor& groups, int64_t C) {
-  auto count = at::zeros({C}, groups.options());
-  // index_add_ raises a device-side assert for an id outside [0, C): the CUDA form of the CPU range check.
-  return count.index_add_(0, groups, at::ones_like(groups));
-}
-
-Partition make_partition(const at::Tensor& groups, int64_t C) {
-  auto count = group_counts(groups, C);
-  auto offset = at::cumsum(count, 0) - count;
-  auto perm = std::get<1>(at::sort(groups, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  return {perm, offset, count};
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t inv_count(int64_t n) {
-  return n > 0 ? acc_t(1) / static_cast<acc_t>(n) : acc_t(0);  // empty group: fbar = 0
-}
-
-// fbar[b, c, k] = mean of f[b, j, k] over the members j of group c. One thread per (b, c, k).
+// fbar[b, c, k] = mean of f[b, j, k] over the members j of group c. A block owns one sample and
+// kMeansThreads positions and walks the filters once per chunk of kMeansGroups groups, accumulating in
+// shared memory (q_j is the same for every thread, so there is no bank conflict and no divergence);
+// group sizes are counted on the way, so no other kernel or host work is needed.
 template <typename scalar_t, typename acc_t>
-__global__ void group_means_kernel(const scalar_t* __restrict__ f, const int64_t* __restrict__ perm,
-                                   const int64_t* __restrict__ offset, const int64_t* __restrict__ count,
+__global__ void group_means_kernel(const scalar_t* __restrict__ f, const int64_t* __restrict__ groups,
                                    acc_t* __restrict__ fbar, int64_t B, int64_t M, int64_t C, int64_t K) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= B * C * K) return;
-  const int64_t k = idx % K, c = (idx / K) % C, b = idx / (K * C);
-  const int64_t n = count[c];
-  const int64_t* members = perm + offset[c];
+  __shared__ acc_t acc[kMeansGroups][kMeansThreads];
+  __shared__ int count[kMeansGroups];
+  const int tid = threadIdx.x;
+  const int64_t k = blockIdx.x * static_cast<int64_t>(kMeansThreads) + tid;
+  const int64_t b = blockIdx.y;
   const scalar_t* fb = f + b * M * K + k;
-  acc_t s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<acc_t>(fb[members[i] * K]);
-  fbar[idx] = s * inv_count<acc_t>(n);
+  for (int64_t c0 = 0; c0 < C; c0 += kMeansGroups) {
+    for (int c = 0; c < kMeansGroups; ++c) acc[c][tid] = acc_t(0);
+    if (tid < kMeansGroups) count[tid] = 0;
+    __syncthreads();
+    for (int64_t j = 0; j < M; ++j) {
+      CUDA_KERNEL_ASSERT(groups[j] >= 0 && groups[j] < C && "group_energy: group id out of range");
+      const int64_t c = groups[j] - c0;
+      if (c >= 0 && c < kMeansGroups) {
+        if (k < K) acc[c][tid] += static_cast<acc_t>(fb[j * K]);
+        if (tid == 0) ++count[c];
+      }
+    }
+    __syncthreads();
+    if (k < K) {
+      for (int c = 0; c < kMeansGroups && c0 + c < C; ++c) {
+        const int n = count[c];
+        fbar[(b * C + c0 + c) * K + k] = n > 0 ? acc[c][tid] / static_cast<acc_t>(n) : acc_t(0);  // empty: 0
+      }
+    }
+    __syncthreads();
+  }
 }
 
 // S[b, c, k] = (1/n_c) sum_j W[j, c, k] f[b, j, k], and fbar in the same pass over f.
 template <typename scalar_t, typename w_t, typename acc_t>
 __global__ void group_sums_kernel(const scalar_t* __restrict__ f, const w_t* __restrict__ W,
-                                  const int64_t* __restrict__ groups, const int64_t* __restrict__ count,
-                                  acc_t* __restrict__ S, acc_t* __restrict__ fbar, int64_t B, int64_t M, int64_t C,
+                                  const int64_t* __restrict__ groups, acc_t* __restrict__ S, acc_t* __restrict__ fbar, int64_t B, int64_t M, int64_t C,
                                   int64_t K) {
   const int64_t k = blockIdx.x * static_cast<int64_t>(kTileK) + threadIdx.x;
   const int64_t c = blockIdx.y * static_cast<int64_t>(kTileRows) + threadIdx.y;
   const int64_t b0 = blockIdx.z * static_cast<int64_t>(kBlockB);
   if (k >= K || c >= C) return;
   acc_t s[kBlockB] = {}, m[kBlockB] = {};
+  int64_t n = 0;
   for (int64_t j = 0; j < M; ++j) {
     const acc_t w = static_cast<acc_t>(W[(j * C + c) * K + k]);
     const bool member = groups[j] == c;
+    n += member;
 #pragma unroll
     for (int r = 0; r < kBlockB; ++r) {
       if (b0 + r < B) {
@@ -89,7 +91,7 @@ __global__ void group_sums_kernel(const scalar_t* __restrict__ f, const w_t* __r
       }
     }
   }
-  const acc_t inv = inv_count<acc_t>(count[c]);
+  const acc_t inv = n > 0 ? acc_t(1) / static_cast<acc_t>(n) : acc_t(0);  // empty group: 0
 #pragma unroll
   for (int r = 0; r < kBlockB; ++r) {
     if (b0 + r < B) {
@@ -194,10 +196,11 @@ dim3 tile_grid(int64_t K, int64_t rows, int64_t depth, const char* what) {
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(depth));
 }
 
-unsigned blocks_1d(int64_t n) {
-  const int64_t blocks = (n + kThreads1D - 1) / kThreads1D;
-  TORCH_CHECK(blocks <= INT32_MAX, "group_energy (CUDA): problem too large (", n, " elements)");
-  return static_cast<unsigned>(blocks);
+dim3 means_grid(const EnergyShape& s) {
+  const int64_t gx = (s.K + kMeansThreads - 1) / kMeansThreads;
+  TORCH_CHECK(gx <= INT32_MAX && s.B <= 65535, "group_energy (CUDA): problem too large for the means launch grid (K=",
+              s.K, ", B=", s.B, ")");
+  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(s.B));
 }
 
 // Calls fn(scalar_t{}, w_t{}) for f's dtype and W's dtype (W may be float32 when f is half/bfloat16);
@@ -229,7 +232,6 @@ at::Tensor group_energy_cuda(const at::Tensor& f_in, const at::Tensor& W_in, con
   const auto groups = groups_in.contiguous();
   const auto acc_opts = f.options().dtype(acc_dtype(f));
   if (s.B == 0 || s.K == 0 || s.M == 0) return at::zeros({s.B}, W.options());
-  const auto part = make_partition(groups, s.C);
   auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
   const dim3 grid = tile_grid(s.K, s.M, (s.B + kBlockB - 1) / kBlockB, "energy");
   auto partial = at::empty({static_cast<int64_t>(grid.x) * grid.y, s.B}, acc_opts);
@@ -238,9 +240,8 @@ at::Tensor group_energy_cuda(const at::Tensor& f_in, const at::Tensor& W_in, con
     using scalar_t = decltype(f_tag);
     using w_t = decltype(w_tag);
     using acc_t = at::opmath_type<scalar_t>;
-    group_means_kernel<scalar_t, acc_t><<<blocks_1d(s.B * s.C * s.K), kThreads1D, 0, stream>>>(
-        f.data_ptr<scalar_t>(), part.perm.data_ptr<int64_t>(), part.offset.data_ptr<int64_t>(),
-        part.count.data_ptr<int64_t>(), fbar.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
+    group_means_kernel<scalar_t, acc_t><<<means_grid(s), kMeansThreads, 0, stream>>>(
+        f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), fbar.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     weighted_means_kernel<Mode::Energy, scalar_t, w_t, acc_t><<<grid, dim3(kTileK, kTileRows), 0, stream>>>(
         f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(), nullptr,
@@ -266,7 +267,6 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
   auto dW = at::empty({s.M, s.C, s.K}, W.options());
   if (s.B == 0 || s.K == 0 || s.M == 0) return {df.zero_().view(f_in.sizes()), dW.zero_()};
   const auto acc_opts = f.options().dtype(acc_dtype(f));
-  const auto count = group_counts(groups, s.C);
   auto S = at::empty({s.B, s.C, s.K}, acc_opts);
   auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
   const int64_t b_blocks = (s.B + kBlockB - 1) / kBlockB;
@@ -277,8 +277,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
     using acc_t = at::opmath_type<scalar_t>;
     const dim3 block(kTileK, kTileRows);
     group_sums_kernel<scalar_t, w_t, acc_t><<<tile_grid(s.K, s.C, b_blocks, "group sums"), block, 0, stream>>>(
-        f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), groups.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
-        S.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
+        f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), groups.data_ptr<int64_t>(), S.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     weighted_means_kernel<Mode::Grad, scalar_t, w_t, acc_t><<<tile_grid(s.K, s.M, b_blocks, "df"), block, 0, stream>>>(
         f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),

@@ -92,14 +92,14 @@ def group_energy(f: torch.Tensor, W: torch.Tensor, groups: torch.Tensor) -> torc
     Differentiable in f and W. Runs the fused kernel for f's device when it is compiled in, else the reference.
     The output has W's dtype (float32 for half f with float32 W).
     """
+    if isinstance(f, torch.Tensor) and _backend.use_compiled(f):
+        return torch.ops.interpgan.group_energy(f, W, groups)  # checked in C++ (csrc/checks.h), same errors
     check_group_energy_args(f, W, groups)
-    if _backend.use_compiled(f):
-        return torch.ops.interpgan.group_energy(f, W, groups)
     return _group_energy_math(f, W, groups)
 
 
 def _register():
-    """Fake kernels (shape and dtype only, for torch.compile) and autograd for the compiled op."""
+    """Fake kernels (shape and dtype only) so that torch.compile traces the compiled ops."""
 
     @torch.library.register_fake("interpgan::group_energy")
     def _(f, W, groups):
@@ -114,16 +114,7 @@ def _register():
         torch._check(grad_out.dim() == 1 and grad_out.shape[0] == f.shape[0], lambda: "grad_out must be [B]")
         return f.new_empty(f.shape), W.new_empty(W.shape)
 
-    def setup_context(ctx, inputs, output):
-        f, W, groups = inputs
-        ctx.save_for_backward(f, W, groups)
-
-    def backward(ctx, grad_out):
-        f, W, groups = ctx.saved_tensors
-        df, dW = torch.ops.interpgan.group_energy_backward(grad_out, f, W, groups)
-        return (df if ctx.needs_input_grad[0] else None, dW if ctx.needs_input_grad[1] else None, None)
-
-    torch.library.register_autograd("interpgan::group_energy", backward, setup_context=setup_context)
+    # Autograd is registered in C++ (csrc/autograd.cpp): its backward is the op group_energy_backward.
 
 
 if _backend.has_extension():

@@ -63,8 +63,7 @@ def langevin_step(
             f"langevin_step: expected out with the shape, dtype and device of z, but got {list(out.shape)}, "
             f"{out.dtype}, {out.device}"
         )
-    check_langevin_args(z, grad, step_size, drift_clip, noise)
-    if _backend.use_compiled(z):
+    if isinstance(z, torch.Tensor) and _backend.use_compiled(z):  # checked in C++ (csrc/checks.h)
         ops = torch.ops.interpgan
         if out is None:
             return ops.langevin_step(z, grad, step_size, prior_weight, drift_clip, noise, generator)
@@ -89,25 +88,7 @@ def _register():
         torch._check(grad.shape == z.shape, lambda: "langevin_step_: grad must have the shape of z")
         return None
 
-    # The update is affine in (z, grad, noise): dz'/dz = 1 - h * pw, dz'/dgrad = h (h = step^2 / 2),
-    # dz'/dnoise = step, where the drift is inside the clip; where it is clipped the drift is constant.
-    def setup_context(ctx, inputs, output):
-        z, grad, step_size, prior_weight, drift_clip = inputs[:5]
-        ctx.step_size, ctx.prior_weight, ctx.drift_clip = step_size, prior_weight, drift_clip
-        ctx.save_for_backward(z, grad)
-
-    def backward(ctx, gout):
-        z, grad = ctx.saved_tensors
-        h = 0.5 * ctx.step_size * ctx.step_size
-        g_drift = gout * h
-        if ctx.drift_clip is not None:
-            drift = grad - ctx.prior_weight * z
-            g_drift = g_drift * (drift.abs() <= ctx.drift_clip).to(gout.dtype)
-        gz = gout - ctx.prior_weight * g_drift
-        gnoise = gout * ctx.step_size if ctx.needs_input_grad[5] else None
-        return gz, g_drift, None, None, None, gnoise, None
-
-    torch.library.register_autograd("interpgan::langevin_step", backward, setup_context=setup_context)
+    # Autograd is registered in C++ (csrc/autograd.cpp).
 
 
 if _backend.has_extension():

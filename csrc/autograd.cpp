@@ -1,0 +1,101 @@
+// Autograd of the ops, in C++ so that a call costs no Python. Forward and backward both go through the
+// dispatcher (the backward is the registered op group_energy_backward), so AOTAutograd and
+// torch.compile trace them like any ATen op.
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace interpgan {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+at::Tensor call_group_energy(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("interpgan::group_energy", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op.call(f, W, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_group_energy_backward(const at::Tensor& gg, const at::Tensor& f,
+                                                              const at::Tensor& W, const at::Tensor& groups) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("interpgan::group_energy_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&)>();
+  return op.call(gg, f, W, groups);
+}
+
+class GroupEnergyFn : public torch::autograd::Function<GroupEnergyFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({f, W, groups});
+    return call_group_energy(f, W, groups);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto [df, dW] = call_group_energy_backward(grads[0], saved[0], saved[1], saved[2]);
+    return {ctx->needs_input_grad(0) ? df : at::Tensor(), ctx->needs_input_grad(1) ? dW : at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor group_energy_autograd(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+  return GroupEnergyFn::apply(f, W, groups);
+}
+
+at::Tensor call_langevin(const at::Tensor& z, const at::Tensor& grad, double step, double pw,
+                         std::optional<double> clip, const std::optional<at::Tensor>& noise,
+                         std::optional<at::Generator> gen) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("interpgan::langevin_step", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, double, std::optional<double>,
+                                         const std::optional<at::Tensor>&, std::optional<at::Generator>)>();
+  return op.call(z, grad, step, pw, clip, noise, gen);
+}
+
+// The update is affine in (z, grad, noise): with h = step^2 / 2, dz'/dgrad = h and dz'/dz = 1 - h * pw where
+// the drift is inside the clip (where it is clipped the drift is a constant), and dz'/dnoise = step.
+// `noise` is passed as a possibly undefined Tensor so that autograd tracks it.
+class LangevinFn : public torch::autograd::Function<LangevinFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& grad, const at::Tensor& noise,
+                            double step, double pw, std::optional<double> clip, std::optional<at::Generator> gen) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->saved_data["step"] = step;
+    ctx->saved_data["pw"] = pw;
+    ctx->saved_data["clip"] = clip.has_value() ? *clip : -1.0;
+    ctx->save_for_backward({z, grad});
+    return call_langevin(z, grad, step, pw, clip, noise.defined() ? std::optional<at::Tensor>(noise) : std::nullopt,
+                         gen);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const double step = ctx->saved_data["step"].toDouble(), pw = ctx->saved_data["pw"].toDouble();
+    const double clip = ctx->saved_data["clip"].toDouble();
+    const auto& gout = grads[0];
+    auto g_drift = gout * (0.5 * step * step);
+    if (clip > 0) g_drift = g_drift * ((saved[1] - pw * saved[0]).abs() <= clip).to(gout.scalar_type());
+    return {gout - pw * g_drift, g_drift, ctx->needs_input_grad(2) ? gout * step : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor langevin_autograd(const at::Tensor& z, const at::Tensor& grad, double step, double pw,
+                             std::optional<double> clip, const std::optional<at::Tensor>& noise,
+                             std::optional<at::Generator> gen) {
+  return LangevinFn::apply(z, grad, noise.has_value() ? *noise : at::Tensor(), step, pw, clip, gen);
+}
+
+}  // namespace
+}  // namespace interpgan
+
+TORCH_LIBRARY_IMPL(interpgan, Autograd, m) {
+  m.impl("group_energy", &interpgan::group_energy_autograd);
+  m.impl("langevin_step", &interpgan::langevin_autograd);
+}
