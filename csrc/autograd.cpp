@@ -4,6 +4,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 namespace interpgan {
@@ -60,18 +61,24 @@ at::Tensor call_langevin(const at::Tensor& z, const at::Tensor& grad, double ste
 
 // The update is affine in (z, grad, noise): with h = step^2 / 2, dz'/dgrad = h and dz'/dz = 1 - h * pw where
 // the drift is inside the clip (where it is clipped the drift is a constant), and dz'/dnoise = step.
-// `noise` is passed as a possibly undefined Tensor so that autograd tracks it.
+// Two forward overloads: noise as a Tensor (autograd tracks it) or as an optional (not tracked: absent, or
+// needing no gradient), because autograd cannot take an undefined Tensor as an input.
 class LangevinFn : public torch::autograd::Function<LangevinFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& grad, const at::Tensor& noise,
                             double step, double pw, std::optional<double> clip, std::optional<at::Generator> gen) {
+    return forward(ctx, z, grad, std::optional<at::Tensor>(noise), step, pw, clip, gen);
+  }
+
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& grad,
+                            const std::optional<at::Tensor>& noise, double step, double pw,
+                            std::optional<double> clip, std::optional<at::Generator> gen) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["step"] = step;
     ctx->saved_data["pw"] = pw;
     ctx->saved_data["clip"] = clip.has_value() ? *clip : -1.0;
     ctx->save_for_backward({z, grad});
-    return call_langevin(z, grad, step, pw, clip, noise.defined() ? std::optional<at::Tensor>(noise) : std::nullopt,
-                         gen);
+    return call_langevin(z, grad, step, pw, clip, noise, gen);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -89,7 +96,8 @@ class LangevinFn : public torch::autograd::Function<LangevinFn> {
 at::Tensor langevin_autograd(const at::Tensor& z, const at::Tensor& grad, double step, double pw,
                              std::optional<double> clip, const std::optional<at::Tensor>& noise,
                              std::optional<at::Generator> gen) {
-  return LangevinFn::apply(z, grad, noise.has_value() ? *noise : at::Tensor(), step, pw, clip, gen);
+  if (noise.has_value() && noise->requires_grad()) return LangevinFn::apply(z, grad, *noise, step, pw, clip, gen);
+  return LangevinFn::apply(z, grad, noise, step, pw, clip, gen);
 }
 
 }  // namespace

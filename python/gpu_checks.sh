@@ -7,7 +7,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -m pip install --no-build-isolation --no-deps -q -e . 2>&1 | tail -5 | tee "$OUT/build.log" || exit 1
+python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; }
 python3 -c "import interpgan_ext as ig; print(ig.info())" | tee -a "$OUT/build.log"
 python3 -m pytest -q -m cuda tests/ 2>&1 | tail -15 | tee "$OUT/pytest_cuda.log"
 for tool in memcheck racecheck; do
