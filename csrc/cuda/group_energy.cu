@@ -8,7 +8,7 @@
 // exact range check, which would need a host sync here) and are never used to index memory.
 //
 //   forward : inverse_sizes, group_means, weighted_means<Energy>, sum of block partials
-//   backward: inverse_sizes, group_sums (S and fbar, split over j) + reduce, weighted_means<Grad> (df), weight_grad
+//   backward: inverse_sizes, group_means, group_sums (split over j) + reduce, weighted_means<Grad> (df), weight_grad
 #include "../checks.h"
 #include "../ops.h"
 
@@ -82,59 +82,49 @@ __global__ void group_means_kernel(const scalar_t* __restrict__ f, const int64_t
   }
 }
 
-// Partial sums over one chunk of filters: S_part[js, b, c, k] = sum_j W[j, c, k] f[b, j, k] and
-// M_part[js, b, c, k] = sum_{q_j = c} f[b, j, k]. Grid z = (sample block, j chunk).
+// Partial sums over one chunk of filters: S_part[js, b, c, k] = sum_{j in chunk js} W[j, c, k] f[b, j, k], with
+// kBlockB samples x kBlockC groups per thread. Grid: x = group block (fastest, so the blocks that read the
+// same tile of f run together and f comes from HBM once), y = position tile, z = (sample block, j chunk).
 template <typename scalar_t, typename w_t, typename acc_t>
-__global__ void group_sums_kernel(const scalar_t* __restrict__ f, const w_t* __restrict__ W,
-                                  const int64_t* __restrict__ groups, acc_t* __restrict__ S_part,
-                                  acc_t* __restrict__ M_part, int64_t B, int64_t M, int64_t C, int64_t K) {
-  const int64_t k = blockIdx.x * static_cast<int64_t>(kTileK) + threadIdx.x;
-  const int64_t c = blockIdx.y * static_cast<int64_t>(kRows) + threadIdx.y;
-  const int64_t b0 = (blockIdx.z / kSplitJ) * static_cast<int64_t>(kBlockB);
+__global__ void group_sums_kernel(const scalar_t* __restrict__ f, const w_t* __restrict__ W, acc_t* __restrict__ S_part,
+                                  int64_t B, int64_t M, int64_t C, int64_t K) {
+  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kBlockC);
+  const int64_t k = blockIdx.y * static_cast<int64_t>(kTileK) + threadIdx.x;
+  const int64_t b0 = ((blockIdx.z / kSplitJ) * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockB;
   const int64_t js = blockIdx.z % kSplitJ;
-  if (k >= K || c >= C) return;
+  if (k >= K || b0 >= B) return;
   const int64_t j_begin = js * M / kSplitJ, j_end = (js + 1) * M / kSplitJ;
-  acc_t s[kBlockB] = {}, m[kBlockB] = {};
+  acc_t acc[kBlockB][kBlockC] = {};
 #pragma unroll 2
   for (int64_t j = j_begin; j < j_end; ++j) {
-    const acc_t w = static_cast<acc_t>(W[(j * C + c) * K + k]);
-    const bool member = groups[j] == c;
+    acc_t w[kBlockC], x[kBlockB];
 #pragma unroll
-    for (int r = 0; r < kBlockB; ++r) {
-      if (b0 + r < B) {
-        const acc_t x = static_cast<acc_t>(f[((b0 + r) * M + j) * K + k]);
-        s[r] += w * x;
-        if (member) m[r] += x;
-      }
-    }
+    for (int cc = 0; cc < kBlockC; ++cc) w[cc] = c0 + cc < C ? static_cast<acc_t>(W[(j * C + c0 + cc) * K + k]) : acc_t(0);
+#pragma unroll
+    for (int r = 0; r < kBlockB; ++r) x[r] = b0 + r < B ? static_cast<acc_t>(f[((b0 + r) * M + j) * K + k]) : acc_t(0);
+#pragma unroll
+    for (int r = 0; r < kBlockB; ++r)
+#pragma unroll
+      for (int cc = 0; cc < kBlockC; ++cc) acc[r][cc] += w[cc] * x[r];
   }
   const int64_t BCK = B * C * K;
 #pragma unroll
-  for (int r = 0; r < kBlockB; ++r) {
-    if (b0 + r < B) {
-      const int64_t o = js * BCK + ((b0 + r) * C + c) * K + k;
-      S_part[o] = s[r];
-      M_part[o] = m[r];
-    }
-  }
+  for (int r = 0; r < kBlockB; ++r)
+#pragma unroll
+    for (int cc = 0; cc < kBlockC; ++cc)
+      if (b0 + r < B && c0 + cc < C) S_part[js * BCK + ((b0 + r) * C + c0 + cc) * K + k] = acc[r][cc];
 }
 
-// S = inv_n * sum_js S_part, fbar = inv_n * sum_js M_part. One thread per (b, c, k).
+// S = inv_n * sum_js S_part. One thread per (b, c, k).
 template <typename acc_t>
-__global__ void reduce_sums_kernel(const acc_t* __restrict__ S_part, const acc_t* __restrict__ M_part,
-                                   const acc_t* __restrict__ inv_n, acc_t* __restrict__ S, acc_t* __restrict__ fbar,
-                                   int64_t BCK, int64_t C, int64_t K) {
+__global__ void reduce_sums_kernel(const acc_t* __restrict__ S_part, const acc_t* __restrict__ inv_n,
+                                   acc_t* __restrict__ S, int64_t BCK, int64_t C, int64_t K) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= BCK) return;
-  acc_t s = 0, m = 0;
+  acc_t s = 0;
 #pragma unroll
-  for (int js = 0; js < kSplitJ; ++js) {
-    s += S_part[js * BCK + i];
-    m += M_part[js * BCK + i];
-  }
-  const acc_t inv = inv_n[(i / K) % C];
-  S[i] = s * inv;
-  fbar[i] = m * inv;
+  for (int js = 0; js < kSplitJ; ++js) s += S_part[js * BCK + i];
+  S[i] = s * inv_n[(i / K) % C];
 }
 
 // Sum v[r] over the block; threads 0..kBlockB-1 get the totals. Every thread of the block must call it.
@@ -218,13 +208,15 @@ __global__ void weighted_means_kernel(const scalar_t* __restrict__ f, const w_t*
 }
 
 // dW[j, c, k] = sum_b gg[b] f[b, j, k] fbar[b, c, k], kBlockJ filters x kBlockC groups per thread.
+// Grid: x = group block (fastest: the blocks reading one tile of f run together), y = position tile,
+// z = filter tile.
 template <typename scalar_t, typename w_t, typename acc_t>
 __global__ void weight_grad_kernel(const scalar_t* __restrict__ f, const acc_t* __restrict__ fbar,
                                    const scalar_t* __restrict__ gg, w_t* __restrict__ dW, int64_t B, int64_t M,
                                    int64_t C, int64_t K) {
-  const int64_t k = blockIdx.x * static_cast<int64_t>(kTileK) + threadIdx.x;
-  const int64_t j0 = (blockIdx.y * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockJ;
-  const int64_t c0 = blockIdx.z * static_cast<int64_t>(kBlockC);
+  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kBlockC);
+  const int64_t k = blockIdx.y * static_cast<int64_t>(kTileK) + threadIdx.x;
+  const int64_t j0 = (blockIdx.z * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockJ;
   if (k >= K || j0 >= M) return;
   acc_t acc[kBlockJ][kBlockC] = {};
   for (int64_t b = 0; b < B; ++b) {
@@ -336,34 +328,35 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
   const int64_t BCK = s.B * s.C * s.K;
   auto S = at::empty({s.B, s.C, s.K}, acc_opts);
   auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
-  auto parts = at::empty({2, kSplitJ, BCK}, acc_opts);
+  auto S_part = at::empty({kSplitJ, BCK}, acc_opts);
   auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 block(kTileK, kRows);
+  const int64_t c_blocks = ceil_div(s.C, kBlockC), k_tiles = ceil_div(s.K, kTileK);
   dispatch_energy_types(f, W, [&](auto f_tag, auto w_tag) {
     using scalar_t = decltype(f_tag);
     using w_t = decltype(w_tag);
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor inv_n = inverse_sizes<acc_t>(groups, s, acc_opts, stream);
-    acc_t* S_part = parts.data_ptr<acc_t>();
-    acc_t* M_part = S_part + kSplitJ * BCK;
+    group_means_kernel<scalar_t, acc_t><<<checked_grid(k_tiles, s.B, 1, "means"), block, 0, stream>>>(
+        f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M,
+        s.C, s.K);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
     group_sums_kernel<scalar_t, w_t, acc_t>
-        <<<checked_grid(ceil_div(s.K, kTileK), ceil_div(s.C, kRows), ceil_div(s.B, kBlockB) * kSplitJ, "group sums"),
-           block, 0, stream>>>(f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), groups.data_ptr<int64_t>(), S_part, M_part,
-                               s.B, s.M, s.C, s.K);
+        <<<checked_grid(c_blocks, k_tiles, ceil_div(s.B, kRows * kBlockB) * kSplitJ, "group sums"), block, 0, stream>>>(
+            f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), S_part.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     reduce_sums_kernel<acc_t><<<checked_grid(ceil_div(BCK, 256), 1, 1, "reduce"), 256, 0, stream>>>(
-        S_part, M_part, inv_n.data_ptr<acc_t>(), S.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), BCK, s.C, s.K);
+        S_part.data_ptr<acc_t>(), inv_n.data_ptr<acc_t>(), S.data_ptr<acc_t>(), BCK, s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     weighted_means_kernel<Mode::Grad, scalar_t, w_t, acc_t>
-        <<<checked_grid(ceil_div(s.B, kBlockB), ceil_div(s.K, kTileK), ceil_div(s.M, kRows * kBlockJ), "df"), block, 0,
-           stream>>>(f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),
-                     S.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), nullptr, df.data_ptr<scalar_t>(), s.B, s.M, s.C,
-                     s.K);
+        <<<checked_grid(ceil_div(s.B, kBlockB), k_tiles, ceil_div(s.M, kRows * kBlockJ), "df"), block, 0, stream>>>(
+            f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),
+            S.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), nullptr, df.data_ptr<scalar_t>(), s.B, s.M, s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     weight_grad_kernel<scalar_t, w_t, acc_t>
-        <<<checked_grid(ceil_div(s.K, kTileK), ceil_div(s.M, kRows * kBlockJ), ceil_div(s.C, kBlockC), "dW"), block, 0,
-           stream>>>(f.data_ptr<scalar_t>(), fbar.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), dW.data_ptr<w_t>(), s.B,
-                     s.M, s.C, s.K);
+        <<<checked_grid(c_blocks, k_tiles, ceil_div(s.M, kRows * kBlockJ), "dW"), block, 0, stream>>>(
+            f.data_ptr<scalar_t>(), fbar.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), dW.data_ptr<w_t>(), s.B, s.M, s.C,
+            s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {df.view(f_in.sizes()), dW};
