@@ -1,0 +1,15 @@
+"""Training data: the embedded SynthFaces (default), a folder of images, or scikit-image's LFW faces."""
+from .image_folder import ImageFolder, LFWFaces
+from .synth_faces import ATTRIBUTES, PARTS, SynthFaces
+
+
+def build_dataset(name: str, size: int, n: int = 20000, seed: int = 0):
+    """'synth-faces' | 'lfw' | a folder path."""
+    if name in ("synth-faces", "synth", "synthfaces"):
+        return SynthFaces(size=size, n=n, seed=seed)
+    if name == "lfw":
+        return LFWFaces(size=size)
+    return ImageFolder(name, size=size)
+
+
+__all__ = ["SynthFaces", "ImageFolder", "LFWFaces", "PARTS", "ATTRIBUTES", "build_dataset"]

@@ -1,0 +1,372 @@
+"""The interpretable-GAN training loop of SPEC §5, for any generator with a named target layer.
+
+Per step: a D step; every `gmm_every` steps an EM refit of the partition (Theta, q); a W step by
+contrastive divergence against Langevin negatives plus L_interp, then W's projection; a G step on
+L_GAN + lambda0 * (lambda_gmm * L_gmm + lambda2 * L_real). With lambda0 = 0 the same loop is the plain GAN
+baseline (no partition, no W, no Langevin).
+
+Every random draw of step t comes from generators seeded by (seed, t), so a run resumed from a checkpoint
+continues exactly as the uninterrupted run would.
+"""
+import copy
+import json
+import math
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .energy import EnergyModel
+from .ops import check_partition
+from .partition import FilterPartition, filter_descriptors
+from .sampler import FeatureExtractor, LangevinSampler
+from .viz import save_image_grid
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 32
+    z_dim: int = 128
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    lr_w: float = 1e-2
+    beta1: float = 0.5
+    beta2: float = 0.999
+    n_groups: int = 8              # C
+    lambda0: float = 1.0           # weight of the interpretability terms in G's loss; 0 = plain GAN baseline
+    lambda1: float = 1.0           # off-group weight in L_interp
+    lambda2: float = 0.1           # realism: energy terms (L_cd for W, L_real for G)
+    lambda3: float = 1.0           # L_interp for W
+    lambda_gmm: float = 1e-3       # L_gmm for G
+    langevin_steps: int = 5        # T
+    langevin_step_size: float = 0.1  # delta
+    drift_clip: float = 1.0
+    gmm_every: int = 100
+    gmm_images: int = 64           # N images per filter descriptor
+    gmm_backend: str = "torch"
+    w_max: float = 1.0
+    gan_loss: str = "logistic"     # or "hinge"
+    r1_gamma: float = 0.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = 250
+    ckpt_every: int = 250
+    amp: bool = False              # bf16 autocast on CUDA
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.gan_loss not in ("logistic", "hinge"):
+            raise ValueError(f"TrainConfig.gan_loss must be 'logistic' or 'hinge', got {self.gan_loss!r}")
+        for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def interpretable(self) -> bool:
+        return self.lambda0 > 0
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module):
+    """Forwards in train mode that leave BatchNorm running statistics untouched (momentum 0)."""
+    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+
+
+def atomic_save(obj, path: str):
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def step_generator(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
+
+
+def sample_real(data, n: int, gen: torch.Generator) -> torch.Tensor:
+    idx = torch.randint(len(data), (n,), generator=gen)
+    if hasattr(data, "render"):
+        return data.render(idx)[0]
+    items = [data[int(i)] for i in idx]
+    return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+
+
+@dataclass
+class _Timer:
+    device: torch.device
+    totals: dict = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, name):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+
+class Trainer:
+    """Trains G (and D, W, q) so that filter groups of G's `layer` draw consistent concepts.
+
+    G maps z [B, z_dim] to images; `layer` is the dotted module path of the target conv layer.
+    """
+
+    def __init__(self, G: nn.Module, D: nn.Module, layer: str, data, config: TrainConfig = None,
+                 out_dir: str = "runs/default", extra_meta: Optional[dict] = None):
+        self.cfg = config or TrainConfig()
+        cfg = self.cfg
+        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(dev)
+        torch.manual_seed(cfg.seed)
+        self.G, self.D, self.layer, self.data = G.to(self.device), D.to(self.device), layer, data
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.extractor = FeatureExtractor(self.G, layer)
+        with torch.no_grad(), frozen_batchnorm_stats(self.G):
+            probe = self.extractor.features(torch.randn(2, cfg.z_dim, device=self.device))
+        if probe.dim() != 4:
+            raise ValueError(f"target layer {layer!r} must output [B, M, H, W] feature maps, got {list(probe.shape)}")
+        self.n_filters, H, W = probe.shape[1:]
+        if cfg.n_groups > self.n_filters:
+            raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
+        self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
+        self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, seed=cfg.seed)
+        self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
+                                       prior_weight=1.0, drift_clip=cfg.drift_clip)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_W = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr_w, betas=betas)
+        self.q: Optional[torch.Tensor] = None
+        self.z_gmm: Optional[torch.Tensor] = None
+        self.step = 0
+        self.out_dir = out_dir
+        self.z_fixed = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 99)).to(self.device)
+        os.makedirs(out_dir, exist_ok=True)
+        meta = {"layer": layer, "n_filters": int(self.n_filters), "spatial": [int(H), int(W)], **(extra_meta or {})}
+        with open(os.path.join(out_dir, "config.json"), "w") as fh:
+            json.dump({"config": asdict(cfg), **meta}, fh, indent=1)
+        self.meta = meta
+
+    # -- pieces of a step --------------------------------------------------------------------------
+    def _autocast(self):
+        if self.cfg.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _d_loss(self, real, fake):
+        d_real, d_fake = self.D(real), self.D(fake)
+        if self.cfg.gan_loss == "hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), d_real
+        return F.softplus(d_fake).mean() + F.softplus(-d_real).mean(), d_real
+
+    def _g_gan_loss(self, fake):
+        d_fake = self.D(fake)
+        return -d_fake.mean() if self.cfg.gan_loss == "hinge" else F.softplus(-d_fake).mean()
+
+    def refit_partition(self, gen: torch.Generator):
+        """The max over (Theta, q): EM on descriptors of gmm_images fresh samples (kept as z_gmm for L_gmm)."""
+        self.z_gmm = torch.randn(self.cfg.gmm_images, self.cfg.z_dim, generator=gen).to(self.device)
+        with torch.no_grad(), frozen_batchnorm_stats(self.G):
+            f = self.extractor.features(self.z_gmm)
+        self.partition.fit(filter_descriptors(f.float()))
+        self.q = self.partition.q.to(self.device)
+        check_partition(self.q, self.cfg.n_groups)
+
+    def train_step(self):
+        cfg, dev, t = self.cfg, self.device, self.step
+        timer = _Timer(dev)
+        gen = step_generator(cfg.seed, t, 0)
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
+        real = sample_real(self.data, cfg.batch_size, gen).to(dev)
+        logs = {}
+        # D step
+        with timer("D"):
+            self.D.requires_grad_(True)
+            with torch.no_grad(), self._autocast():
+                fake = self.G(z)
+            if cfg.r1_gamma > 0:
+                real.requires_grad_(True)
+            with self._autocast():
+                loss_D, d_real = self._d_loss(real, fake.float())
+            if cfg.r1_gamma > 0:
+                (g_real,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
+                loss_D = loss_D + 0.5 * cfg.r1_gamma * g_real.pow(2).sum(dim=(1, 2, 3)).mean()
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_D.backward()
+            self.opt_D.step()
+        logs["loss_D"] = loss_D.item()
+        if cfg.interpretable:
+            if self.q is None or t % cfg.gmm_every == 0:
+                with timer("GMM"):
+                    self.refit_partition(step_generator(cfg.seed, t, 1))
+            # W step: contrastive divergence between G's features and Langevin negatives, plus L_interp
+            with frozen_batchnorm_stats(self.G):
+                with timer("Langevin"):
+                    with torch.no_grad():
+                        f_pos = self.extractor.features(z)
+                    lgen = step_generator(cfg.seed, t, 2, dev)
+                    z_neg = self.sampler.sample(z, self.q, generator=lgen)
+                    with torch.no_grad():
+                        f_neg = self.extractor.features(z_neg)
+                with timer("W"):
+                    L_cd = self.energy.loss_cd(f_pos.float(), f_neg.float(), self.q)
+                    L_interp = self.energy.loss_interp(self.q, cfg.lambda1)
+                    loss_W = cfg.lambda2 * L_cd + cfg.lambda3 * L_interp
+                    self.opt_W.zero_grad(set_to_none=True)
+                    loss_W.backward()
+                    self.opt_W.step()
+                    self.energy.project_()
+            logs.update(L_cd=L_cd.item(), L_interp=L_interp.item())
+        # G step
+        with timer("G"):
+            self.D.requires_grad_(False)
+            with self._autocast():
+                x, f = self.extractor.images_and_features(z)
+                loss_gan = self._g_gan_loss(x)
+            loss_G = loss_gan.float()
+            if cfg.interpretable:
+                with frozen_batchnorm_stats(self.G), self._autocast():
+                    f_ref = self.extractor.features(self.z_gmm)
+                L_gmm = -self.partition.log_likelihood(filter_descriptors(f_ref.float())).mean()
+                L_real = self.energy.loss_real(f.float(), self.q)
+                loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * L_gmm + cfg.lambda2 * L_real)
+                logs.update(L_gmm=L_gmm.item(), L_real=L_real.item(), energy=-L_real.item())
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_G.backward()
+            self.opt_G.step()
+            with torch.no_grad():
+                for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                    pe.lerp_(p, 1 - cfg.ema_decay)
+                for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                    be.copy_(b)
+        logs.update(loss_G=loss_G.item(), loss_G_gan=loss_gan.item())
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(
+                f"step {t}: non-finite {', '.join(bad)} ({ {k: logs[k] for k in bad} }); training stopped. "
+                f"The last good checkpoint is kept at {self.checkpoint_path}. Try a lower learning rate, a smaller "
+                "langevin_step_size, or a smaller lambda0."
+            )
+        logs["time"] = timer.totals
+        return logs
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self):
+        return os.path.join(self.out_dir, "checkpoint.pt")
+
+    def state_dict(self):
+        return {
+            "step": self.step, "config": asdict(self.cfg), "meta": self.meta,
+            "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),
+            "energy": self.energy.state_dict(), "partition": self.partition.state_dict() if self.q is not None else None,
+            "q": self.q, "z_gmm": self.z_gmm,
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "opt_W": self.opt_W.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def save_checkpoint(self):
+        atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def load_checkpoint(self, path: Optional[str] = None):
+        state = torch.load(path or self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.G.load_state_dict(state["G"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.D.load_state_dict(state["D"])
+        self.energy.load_state_dict(state["energy"])
+        for name in ("opt_G", "opt_D", "opt_W"):
+            getattr(self, name).load_state_dict(state[name])
+        if state["partition"] is not None:
+            self.partition.load_state_dict(state["partition"])
+        self.q, self.z_gmm, self.step = state["q"], state["z_gmm"], state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def save_samples(self, name=None):
+        with torch.no_grad():
+            x = self.G_ema(self.z_fixed)
+        path = os.path.join(self.out_dir, "samples", name or f"step_{self.step:06d}.png")
+        return save_image_grid(x, path, nrow=8, scale=max(1, 96 // x.shape[-1]))
+
+    def fit(self, steps: Optional[int] = None, progress: bool = True):
+        """Train until `steps` (default: config.steps) total steps are done; returns the last logs."""
+        total = steps or self.cfg.steps
+        log_path = os.path.join(self.out_dir, "log.jsonl")
+        writer = _tensorboard(self.out_dir)
+        bar = _progress(total, self.step, progress)
+        logs, t0, n_images = {}, time.perf_counter(), 0
+        with open(log_path, "a") as log_file:
+            while self.step < total:
+                logs = self.train_step()
+                self.step += 1
+                n_images += self.cfg.batch_size
+                if self.step % self.cfg.log_every == 0 or self.step == total:
+                    elapsed = time.perf_counter() - t0
+                    logs.update(step=self.step, images_per_s=n_images / max(elapsed, 1e-9))
+                    log_file.write(json.dumps(logs) + "\n")
+                    log_file.flush()
+                    if writer is not None:
+                        for k, v in logs.items():
+                            if isinstance(v, float):
+                                writer.add_scalar(k, v, self.step)
+                    t0, n_images = time.perf_counter(), 0
+                if self.step % self.cfg.image_every == 0 or self.step == total:
+                    self.save_samples()
+                if self.step % self.cfg.ckpt_every == 0 or self.step == total:
+                    self.save_checkpoint()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
+                                     if k in logs})
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        return logs
+
+
+def _progress(total, start, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _tensorboard(out_dir):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(os.path.join(out_dir, "tb"))
