@@ -41,9 +41,9 @@ class TrainConfig:
     n_groups: int = 8              # C
     lambda0: float = 1.0           # weight of the interpretability terms in G's loss; 0 = plain GAN baseline
     lambda1: float = 1.0           # off-group weight in L_interp
-    lambda2: float = 0.1           # realism: energy terms (L_cd for W, L_real for G)
+    lambda2: float = 1e-3          # realism: energy terms (L_cd for W, L_real for G); g_W sums M*C*K terms
     lambda3: float = 1.0           # L_interp for W
-    lambda_gmm: float = 1e-3       # L_gmm for G
+    lambda_gmm: float = 1e-4       # L_gmm for G; a log-density over N*K dimensions
     langevin_steps: int = 5        # T
     langevin_step_size: float = 0.1  # delta
     drift_clip: float = 1.0

@@ -1,0 +1,84 @@
+"""FilterPartition: EM monotonicity, agreement with sklearn, descriptors, and L_gmm's log-likelihood."""
+import math
+
+import pytest
+import torch
+
+from interpgan_ext.partition import FilterPartition, filter_descriptors
+
+
+def clusters(n_per=20, C=4, D=12, spread=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(C, D, generator=g) * 2
+    X = torch.cat([centres[c] + spread * torch.randn(n_per, D, generator=g) for c in range(C)])
+    return X, torch.arange(C).repeat_interleave(n_per)
+
+
+def adjusted_rand(a, b):
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(a.numpy(), b.numpy())
+
+
+def test_em_log_likelihood_never_decreases():
+    X, _ = clusters(spread=0.5, seed=1)
+    p = FilterPartition(4, tol=0, max_iter=30).fit(X)
+    h = torch.tensor(p.history)
+    assert len(h) >= 5
+    assert torch.all(h[1:] >= h[:-1] - 1e-4 * h.abs()[1:].clamp_min(1)), p.history
+
+
+def test_torch_and_sklearn_find_the_same_partition():
+    X, truth = clusters()
+    for backend in ("torch", "sklearn"):
+        q = FilterPartition(4, backend=backend, seed=3).fit(X).q
+        assert adjusted_rand(q, truth) >= 0.95, backend
+    qt = FilterPartition(4, backend="torch").fit(X).q
+    qs = FilterPartition(4, backend="sklearn").fit(X).q
+    assert adjusted_rand(qt, qs) >= 0.95
+
+
+def test_posteriors_are_distributions():
+    X, _ = clusters()
+    p = FilterPartition(4).fit(X)
+    assert torch.allclose(p.posteriors.sum(1), torch.ones(len(X)), atol=1e-5)
+    assert torch.equal(p.q, p.posteriors.argmax(1))
+    assert p.group_sizes().sum() == len(X)
+
+
+def test_log_likelihood_matches_direct_formula_and_is_differentiable():
+    X, _ = clusters(n_per=5, C=3, D=4)
+    p = FilterPartition(3).fit(X)
+    Xg = X.clone().requires_grad_(True)
+    ll = p.log_likelihood(Xg)
+    mu, var = p.means[p.q], p.variances[p.q]
+    direct = torch.stack([
+        sum(-0.5 * math.log(2 * math.pi * var[j, d]) - 0.5 * (X[j, d] - mu[j, d]) ** 2 / var[j, d] for d in range(4))
+        for j in range(len(X))
+    ])
+    assert torch.allclose(ll, direct, rtol=1e-4, atol=1e-4)
+    ll.sum().backward()
+    assert torch.isfinite(Xg.grad).all() and Xg.grad.abs().sum() > 0
+
+
+def test_empty_component_is_reseeded():
+    X = torch.cat([torch.zeros(10, 3), torch.ones(10, 3)]) + 0.01 * torch.randn(20, 3)
+    p = FilterPartition(5).fit(X)  # more groups than clusters: some would go empty
+    assert p.q.shape == (20,) and torch.isfinite(p.means).all() and torch.isfinite(p.variances).all()
+
+
+def test_descriptors_are_standardised_and_pooled():
+    f = torch.randn(6, 10, 32, 32) * 5 + 3
+    d = filter_descriptors(f)
+    assert d.shape == (10, 6 * 16 * 16)
+    assert torch.allclose(d.mean(1), torch.zeros(10), atol=1e-5)
+    assert torch.allclose(d.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        FilterPartition(0)
+    with pytest.raises(ValueError, match="NaN"):
+        FilterPartition(2).fit(torch.tensor([[0.0, float("nan")], [1.0, 1.0], [2.0, 2.0]]))
+    with pytest.raises(ValueError, match="M >= 3"):
+        FilterPartition(3).fit(torch.randn(2, 4))

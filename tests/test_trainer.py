@@ -1,0 +1,86 @@
+"""The training loop: a smoke run, exact resume, the baseline path, both architectures, the CLI."""
+import json
+import os
+
+import pytest
+import torch
+
+from interpgan_ext.cli import main as cli_main
+from interpgan_ext.data import SynthFaces
+from interpgan_ext.models import build
+from interpgan_ext.trainer import TrainConfig, Trainer, TrainingDiverged
+
+
+def make_trainer(out, steps=20, **cfg):
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    config = TrainConfig(steps=steps, batch_size=8, z_dim=16, n_groups=3, gmm_every=5, gmm_images=8,
+                         langevin_steps=2, log_every=5, image_every=10, ckpt_every=10, device="cpu", **cfg)
+    return Trainer(G, D, G.default_layer, SynthFaces(16, n=64), config, out_dir=str(out))
+
+
+def read_log(out):
+    with open(os.path.join(out, "log.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_smoke_run_writes_everything(tmp_path):
+    tr = make_trainer(tmp_path)
+    logs = tr.fit(progress=False)
+    for k in ("loss_D", "loss_G", "L_cd", "L_interp", "L_gmm", "L_real"):
+        assert torch.isfinite(torch.tensor(logs[k])), k
+    assert set(logs["time"]) == {"D", "GMM", "Langevin", "W", "G"} or set(logs["time"]) >= {"D", "Langevin", "W", "G"}
+    assert os.path.exists(tmp_path / "checkpoint.pt") and os.path.exists(tmp_path / "config.json")
+    assert sorted(os.listdir(tmp_path / "samples")) == ["step_000010.png", "step_000020.png"]
+    rows = read_log(tmp_path)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(r["images_per_s"] > 0 for r in rows)
+    assert tr.energy.W.min() >= 0 and tr.energy.W.max() <= tr.cfg.w_max  # projected
+    assert tr.q.shape == (tr.n_filters,)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = make_trainer(tmp_path / "full")
+    full.fit(progress=False)
+    part = make_trainer(tmp_path / "part", steps=10)
+    part.fit(progress=False)
+    resumed = make_trainer(tmp_path / "part", steps=20)
+    resumed.load_checkpoint()
+    assert resumed.step == 10
+    resumed.fit(progress=False)
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "part")
+    assert [r["step"] for r in b] == [5, 10, 15, 20]
+    for ra, rb in zip(a, b):
+        for k in ("loss_D", "loss_G", "L_cd", "L_gmm", "L_real"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
+    for pa, pb in zip(full.G.parameters(), resumed.G.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6)
+    assert torch.equal(full.q, resumed.q)
+
+
+def test_baseline_has_no_interpretability_terms(tmp_path):
+    tr = make_trainer(tmp_path, steps=4, lambda0=0.0)
+    logs = tr.fit(progress=False)
+    assert "L_cd" not in logs and "L_gmm" not in logs and tr.q is None
+    assert set(logs["time"]) == {"D", "G"}
+
+
+def test_divergence_stops_with_clear_message(tmp_path):
+    tr = make_trainer(tmp_path, steps=3)
+    with torch.no_grad():
+        next(tr.D.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        tr.fit(progress=False)
+
+
+def test_cli_train_and_resume(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = ["train", "--size", "16", "--width", "8", "--steps", "3", "--out", out, "--batch-size", "4",
+            "--n-groups", "2", "--n-images", "32", "--gmm-every", "2", "--langevin-steps", "1", "--no-progress",
+            "--device", "cpu"]
+    cli_main(args)
+    assert os.path.exists(os.path.join(out, "checkpoint.pt"))
+    with pytest.raises(SystemExit):
+        cli_main(args)  # refuses to overwrite a run
+    cli_main(["train", "--out", out, "--resume", "--steps", "5", "--no-progress"])
+    assert "resuming" in capsys.readouterr().out
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
