@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's commands. Each sets up what it needs on a fresh machine (idempotent), then runs:
+#   bash python/run.sh train [interpgan train options]   the main job: train on the embedded SynthFaces
+#   bash python/run.sh test                              the test suite (pytest, then the C++ ctest)
+#   bash python/run.sh bench                             op benchmarks (python/bench_ops.py)
+#   bash python/run.sh setup                             only the set-up
+# Environment: INTERPGAN_VENV (default .venv), INTERPGAN_TORCH (default torch==2.14.1, the CUDA build;
+# torch==2.13.0 is the CPU build), MAX_JOBS, TORCH_CUDA_ARCH_LIST, INTERPGAN_SKIP_CUDA=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${INTERPGAN_VENV:-.venv}
+TORCH_SPEC=${INTERPGAN_TORCH:-torch==2.14.1}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  # shellcheck disable=SC1091
+  . "$VENV/bin/activate"
+  echo "== installing $TORCH_SPEC and the Python dependencies"
+  python -m pip install -q "$TORCH_SPEC" ninja numpy tqdm pillow scipy scikit-learn scikit-image pytest setuptools wheel
+  local so
+  so=$(ls interpgan_ext/_C*.so 2>/dev/null | head -1 || true)
+  if [ -z "$so" ] || [ -n "$(find csrc setup.py -newer "$so" -type f 2>/dev/null | head -1)" ] \
+     || ! python -c "import interpgan_ext._C" 2>/dev/null; then
+    echo "== building the extension (C++ and, where torch has CUDA and nvcc is found, CUDA kernels)"
+    export MAX_JOBS=${MAX_JOBS:-2}
+    python -m pip install --no-build-isolation --no-deps -e . > build.log 2>&1 || { tail -40 build.log; exit 1; }
+  fi
+  python -c "import interpgan_ext as ig; print(ig.info())"
+}
+
+ctest_cpu() {
+  echo "== C++ test of the CPU kernels (CMake + ctest)"
+  local prefix
+  prefix=$(python -c "import torch; print(torch.utils.cmake_prefix_path)")
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$(command -v python)" \
+        -DCMAKE_BUILD_TYPE=Release > build/cmake.log 2>&1 || { mkdir -p build; tail -30 build/cmake.log; exit 1; }
+  cmake --build build/cmake -j "${MAX_JOBS:-2}" >> build/cmake.log 2>&1 || { tail -30 build/cmake.log; exit 1; }
+  (cd build/cmake && ctest --output-on-failure)
+}
+
+cmd=${1:-test}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  train) setup; interpgan train "$@" ;;
+  test)
+    setup
+    python -m pytest -q tests "$@"
+    mkdir -p build
+    ctest_cpu
+    ;;
+  bench) setup; python python/bench_ops.py "$@" ;;
+  *) echo "usage: bash python/run.sh setup|train|test|bench [args]" >&2; exit 2 ;;
+esac
