@@ -1,8 +1,8 @@
 // CPU kernels of group_energy (SPEC §2), forward and backward.
 //
 // Layout: f is [B, M, K] and W is [M, C, K], both with the K positions contiguous. The kernels work on
-// tiles of KT consecutive positions (one AVX2 register of lanes), so every inner loop is a fixed-length,
-// unit-stride loop over positions that the compiler vectorises. Positions are independent in the energy,
+// tiles of KT consecutive positions held in one vector register (8 floats or 4 doubles), with register
+// tiles over samples, so each load of W feeds kBlockB multiply-adds. Positions are independent in the energy,
 // so tiles are the unit of parallelism; a trailing K % KT positions are done one at a time (KT = 1).
 // Nothing of size [B, M, C, K] is ever formed: per tile the kernels keep only fbar and S, [C, KT] per sample.
 #include "../checks.h"
@@ -10,6 +10,7 @@
 
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 // A portable build (no -march) still gets AVX2+FMA code where the CPU has it: GCC compiles the tile
@@ -36,133 +37,176 @@ struct Problem {
 constexpr int kBlockB = 4;  // samples sharing each W load
 constexpr int kBlockC = 4;  // groups sharing each f load in dW
 
-// fbar[c, :] for sample b on the tile starting at k0.
+// A tile of KT positions is one GCC/Clang vector (256 bits: 8 floats or 4 doubles), so every multiply-add
+// below is a packed FMA in the AVX2 clone and two SSE ones in the portable clone; KT = 1 is the scalar tail.
+// The typedef lowers the vector's alignment to T's, so scalar buffers can hold vectors (see VecBuffer).
 template <typename T, int KT>
-IG_INLINE void group_means(const Problem<T>& p, int64_t b, int64_t k0, T* fbar) {
-  std::fill(fbar, fbar + p.C * KT, T(0));
-  const T* fb = p.f + b * p.M * p.K + k0;
-  for (int64_t j = 0; j < p.M; ++j) {
-    T* dst = fbar + p.q[j] * KT;
-    const T* src = fb + j * p.K;
-    for (int kk = 0; kk < KT; ++kk) dst[kk] += src[kk];
+struct VecOf {
+  typedef T type __attribute__((vector_size(KT * sizeof(T)), aligned(sizeof(T))));
+};
+template <typename T>
+struct VecOf<T, 1> {
+  using type = T;
+};
+template <typename T, int KT>
+using Vec = typename VecOf<T, KT>::type;
+
+template <typename V, typename T>
+IG_INLINE V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));  // an unaligned vector load
+  return v;
+}
+template <typename V, typename T>
+IG_INLINE void vstore(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename T, typename V>
+IG_INLINE double hsum(const V& v) {
+  if constexpr (sizeof(V) == sizeof(T)) {
+    return v;
+  } else {
+    double s = 0;
+    for (size_t i = 0; i < sizeof(V) / sizeof(T); ++i) s += v[i];
+    return s;
   }
-  for (int64_t c = 0; c < p.C; ++c)
-    for (int kk = 0; kk < KT; ++kk) fbar[c * KT + kk] *= p.inv_n[c];
 }
 
-// A[r, j, :] = sum_c W[j, c, :] * fbar[r, c, :] for BB samples; fbar is [BB, C, KT].
+// fbar[c] for sample b on the tile starting at k0.
+template <typename T, int KT>
+IG_INLINE void group_means(const Problem<T>& p, int64_t b, int64_t k0, Vec<T, KT>* fbar) {
+  using V = Vec<T, KT>;
+  for (int64_t c = 0; c < p.C; ++c) fbar[c] = V{};
+  const T* fb = p.f + b * p.M * p.K + k0;
+  for (int64_t j = 0; j < p.M; ++j) fbar[p.q[j]] += vload<V>(fb + j * p.K);
+  for (int64_t c = 0; c < p.C; ++c) fbar[c] *= p.inv_n[c];
+}
+
+// a[r] = sum_c W[j, c, tile] * fbar[r, c] for BB samples; fbar is [BB, C].
 template <typename T, int KT, int BB>
-IG_INLINE void weighted_means(const Problem<T>& p, int64_t j, int64_t k0, const T* fbar, T (&a)[BB][KT]) {
-  for (int r = 0; r < BB; ++r)
-    for (int kk = 0; kk < KT; ++kk) a[r][kk] = T(0);
+IG_INLINE void weighted_means(const Problem<T>& p, int64_t j, int64_t k0, const Vec<T, KT>* fbar,
+                              Vec<T, KT> (&a)[BB]) {
+  using V = Vec<T, KT>;
+  for (int r = 0; r < BB; ++r) a[r] = V{};
   const T* wj = p.W + j * p.C * p.K + k0;
   for (int64_t c = 0; c < p.C; ++c) {
-    const T* w = wj + c * p.K;
-    for (int r = 0; r < BB; ++r) {
-      const T* fr = fbar + (r * p.C + c) * KT;
-      for (int kk = 0; kk < KT; ++kk) a[r][kk] += w[kk] * fr[kk];
-    }
+    const V w = vload<V>(wj + c * p.K);
+    for (int r = 0; r < BB; ++r) a[r] += w * fbar[r * p.C + c];
   }
 }
 
 // g[b0 + r] += sum_{j, k in tile} f[b, j, k] * A[b, j, k].
 template <typename T, int KT, int BB>
-IG_INLINE void energy_block(const Problem<T>& p, int64_t b0, int64_t k0, const T* fbar, double* g) {
-  T acc[BB][KT] = {};
-  T a[BB][KT];
+IG_INLINE void energy_block(const Problem<T>& p, int64_t b0, int64_t k0, const Vec<T, KT>* fbar, double* g) {
+  using V = Vec<T, KT>;
+  V acc[BB], a[BB];
+  for (int r = 0; r < BB; ++r) acc[r] = V{};
   for (int64_t j = 0; j < p.M; ++j) {
     weighted_means<T, KT, BB>(p, j, k0, fbar, a);
-    for (int r = 0; r < BB; ++r) {
-      const T* fr = p.f + ((b0 + r) * p.M + j) * p.K + k0;
-      for (int kk = 0; kk < KT; ++kk) acc[r][kk] += fr[kk] * a[r][kk];
-    }
+    for (int r = 0; r < BB; ++r) acc[r] += vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0) * a[r];
   }
-  for (int r = 0; r < BB; ++r) {
-    double s = 0;
-    for (int kk = 0; kk < KT; ++kk) s += acc[r][kk];
-    g[r] += s;
-  }
+  for (int r = 0; r < BB; ++r) g[r] += hsum<T>(acc[r]);
 }
+
+// Scratch of n vectors, held as scalars: std::vector<Vec> would instantiate library code shared by the AVX2
+// and portable clones, which pass 256-bit vectors differently (an ABI mismatch that crashed).
+template <typename T, int KT>
+struct VecBuffer {
+  std::vector<T> data;
+  explicit VecBuffer(int64_t n) : data(n * KT, T(0)) {}
+  Vec<T, KT>* get() { return reinterpret_cast<Vec<T, KT>*>(data.data()); }  // vector types alias T
+};
 
 template <typename T, int KT>
 IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b_begin, int64_t b_end, double* g) {
-  std::vector<T> fbar(kBlockB * p.C * KT);
+  VecBuffer<T, KT> fbar_buf(kBlockB * p.C);
+  Vec<T, KT>* fbar = fbar_buf.get();
   int64_t b = b_begin;
   for (; b + kBlockB <= b_end; b += kBlockB) {
-    for (int r = 0; r < kBlockB; ++r) group_means<T, KT>(p, b + r, k0, fbar.data() + r * p.C * KT);
-    energy_block<T, KT, kBlockB>(p, b, k0, fbar.data(), g + b);
+    for (int r = 0; r < kBlockB; ++r) group_means<T, KT>(p, b + r, k0, fbar + r * p.C);
+    energy_block<T, KT, kBlockB>(p, b, k0, fbar, g + b);
   }
   for (; b < b_end; ++b) {
-    group_means<T, KT>(p, b, k0, fbar.data());
-    energy_block<T, KT, 1>(p, b, k0, fbar.data(), g + b);
+    group_means<T, KT>(p, b, k0, fbar);
+    energy_block<T, KT, 1>(p, b, k0, fbar, g + b);
   }
 }
 
-// S[r, c, :] = inv_n[c] * sum_j W[j, c, :] f[b0 + r, j, :]   (the path through fbar, pre-scaled).
+// S[r, c] = inv_n[c] * sum_j W[j, c, tile] f[b0 + r, j, tile]   (the path through fbar, pre-scaled),
+// two groups x BB samples per pass so that each load feeds several multiply-adds.
 template <typename T, int KT, int BB>
-IG_INLINE void scaled_group_sums(const Problem<T>& p, int64_t b0, int64_t k0, T* S) {
-  for (int64_t c = 0; c < p.C; ++c) {
-    T s[BB][KT] = {};
+IG_INLINE void scaled_group_sums(const Problem<T>& p, int64_t b0, int64_t k0, Vec<T, KT>* S) {
+  using V = Vec<T, KT>;
+  constexpr int CB = 2;
+  int64_t c = 0;
+  for (; c + CB <= p.C; c += CB) {
+    V s[BB][CB];
+    for (int r = 0; r < BB; ++r)
+      for (int cb = 0; cb < CB; ++cb) s[r][cb] = V{};
     for (int64_t j = 0; j < p.M; ++j) {
-      const T* w = p.W + (j * p.C + c) * p.K + k0;
+      const V w0 = vload<V>(p.W + (j * p.C + c) * p.K + k0), w1 = vload<V>(p.W + (j * p.C + c + 1) * p.K + k0);
       for (int r = 0; r < BB; ++r) {
-        const T* fr = p.f + ((b0 + r) * p.M + j) * p.K + k0;
-        for (int kk = 0; kk < KT; ++kk) s[r][kk] += w[kk] * fr[kk];
+        const V x = vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0);
+        s[r][0] += w0 * x;
+        s[r][1] += w1 * x;
       }
     }
     for (int r = 0; r < BB; ++r)
-      for (int kk = 0; kk < KT; ++kk) S[(r * p.C + c) * KT + kk] = s[r][kk] * p.inv_n[c];
+      for (int cb = 0; cb < CB; ++cb) S[r * p.C + c + cb] = s[r][cb] * p.inv_n[c + cb];
+  }
+  for (; c < p.C; ++c) {
+    V s[BB];
+    for (int r = 0; r < BB; ++r) s[r] = V{};
+    for (int64_t j = 0; j < p.M; ++j) {
+      const V w = vload<V>(p.W + (j * p.C + c) * p.K + k0);
+      for (int r = 0; r < BB; ++r) s[r] += w * vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0);
+    }
+    for (int r = 0; r < BB; ++r) S[r * p.C + c] = s[r] * p.inv_n[c];
   }
 }
 
-// df[b, j, :] = gg[b] * (A[b, j, :] + S[b, q_j, :] / n_{q_j}) for BB samples from b0.
+// df[b, j, tile] = gg[b] * (A[b, j] + S[b, q_j] / n_{q_j}) for BB samples from b0.
 template <typename T, int KT, int BB>
-IG_INLINE void df_block(const Problem<T>& p, const T* gg, int64_t b0, int64_t k0, const T* fbar, T* S, T* df) {
+IG_INLINE void df_block(const Problem<T>& p, const T* gg, int64_t b0, int64_t k0, const Vec<T, KT>* fbar,
+                        Vec<T, KT>* S, T* df) {
+  using V = Vec<T, KT>;
   scaled_group_sums<T, KT, BB>(p, b0, k0, S);
-  T a[BB][KT];
+  V a[BB];
   for (int64_t j = 0; j < p.M; ++j) {
     weighted_means<T, KT, BB>(p, j, k0, fbar, a);
-    for (int r = 0; r < BB; ++r) {
-      const T* sq = S + (r * p.C + p.q[j]) * KT;
-      T* d = df + ((b0 + r) * p.M + j) * p.K + k0;
-      const T scale = gg[b0 + r];
-      for (int kk = 0; kk < KT; ++kk) d[kk] = scale * (a[r][kk] + sq[kk]);
-    }
+    for (int r = 0; r < BB; ++r)
+      vstore(df + ((b0 + r) * p.M + j) * p.K + k0, (a[r] + S[r * p.C + p.q[j]]) * gg[b0 + r]);
   }
 }
 
-// dW[j, c0 + cc, :] = sum_b gg[b] f[b, j, :] fbar[b, c0 + cc, :]; fbar_all is [B, C, KT].
+// dW[j, c0 + cc, tile] = sum_b gg[b] f[b, j, tile] fbar[b, c0 + cc]; fbar_all is [B, C].
 template <typename T, int KT, int CC>
-IG_INLINE void dW_block(const Problem<T>& p, const T* gg, int64_t j, int64_t c0, int64_t k0, const T* fbar_all,
-                        T* dW) {
-  T acc[CC][KT] = {};
+IG_INLINE void dW_block(const Problem<T>& p, const T* gg, int64_t j, int64_t c0, int64_t k0,
+                        const Vec<T, KT>* fbar_all, T* dW) {
+  using V = Vec<T, KT>;
+  V acc[CC];
+  for (int cc = 0; cc < CC; ++cc) acc[cc] = V{};
   for (int64_t b = 0; b < p.B; ++b) {
-    const T* fr = p.f + (b * p.M + j) * p.K + k0;
-    T x[KT];
-    for (int kk = 0; kk < KT; ++kk) x[kk] = gg[b] * fr[kk];
-    const T* fb = fbar_all + (b * p.C + c0) * KT;
-    for (int cc = 0; cc < CC; ++cc)
-      for (int kk = 0; kk < KT; ++kk) acc[cc][kk] += x[kk] * fb[cc * KT + kk];
+    const V x = vload<V>(p.f + (b * p.M + j) * p.K + k0) * gg[b];
+    const V* fb = fbar_all + b * p.C + c0;
+    for (int cc = 0; cc < CC; ++cc) acc[cc] += x * fb[cc];
   }
-  for (int cc = 0; cc < CC; ++cc) {
-    T* d = dW + (j * p.C + c0 + cc) * p.K + k0;
-    for (int kk = 0; kk < KT; ++kk) d[kk] = acc[cc][kk];
-  }
+  for (int cc = 0; cc < CC; ++cc) vstore(dW + (j * p.C + c0 + cc) * p.K + k0, acc[cc]);
 }
 
 template <typename T, int KT>
 IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, T* df, T* dW) {
-  std::vector<T> fbar_all(p.B * p.C * KT);
-  for (int64_t b = 0; b < p.B; ++b) group_means<T, KT>(p, b, k0, fbar_all.data() + b * p.C * KT);
-  std::vector<T> S(kBlockB * p.C * KT);
+  VecBuffer<T, KT> fbar_buf(p.B * p.C), S_buf(kBlockB * p.C);
+  Vec<T, KT>* fbar_all = fbar_buf.get();
+  Vec<T, KT>* S = S_buf.get();
+  for (int64_t b = 0; b < p.B; ++b) group_means<T, KT>(p, b, k0, fbar_all + b * p.C);
   int64_t b = 0;
-  for (; b + kBlockB <= p.B; b += kBlockB)
-    df_block<T, KT, kBlockB>(p, gg, b, k0, fbar_all.data() + b * p.C * KT, S.data(), df);
-  for (; b < p.B; ++b) df_block<T, KT, 1>(p, gg, b, k0, fbar_all.data() + b * p.C * KT, S.data(), df);
+  for (; b + kBlockB <= p.B; b += kBlockB) df_block<T, KT, kBlockB>(p, gg, b, k0, fbar_all + b * p.C, S, df);
+  for (; b < p.B; ++b) df_block<T, KT, 1>(p, gg, b, k0, fbar_all + b * p.C, S, df);
   for (int64_t j = 0; j < p.M; ++j) {
     int64_t c = 0;
-    for (; c + kBlockC <= p.C; c += kBlockC) dW_block<T, KT, kBlockC>(p, gg, j, c, k0, fbar_all.data(), dW);
-    for (; c < p.C; ++c) dW_block<T, KT, 1>(p, gg, j, c, k0, fbar_all.data(), dW);
+    for (; c + kBlockC <= p.C; c += kBlockC) dW_block<T, KT, kBlockC>(p, gg, j, c, k0, fbar_all, dW);
+    for (; c < p.C; ++c) dW_block<T, KT, 1>(p, gg, j, c, k0, fbar_all, dW);
   }
 }
 

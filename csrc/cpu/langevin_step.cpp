@@ -1,8 +1,8 @@
 // CPU kernel of langevin_step (SPEC §4): one fused pass over z, with the Gaussian noise drawn inside it.
 //
-// Noise: one 64-bit seed is taken from the torch CPU generator (under its mutex); element i then uses the
-// counter-based Philox stream (seed, subsequence i / 4). The draw is therefore parallel, independent of the
-// thread count, and the same seed gives the same z'. It is not the stream torch.randn would produce; pass
+// Noise: one 64-bit seed is taken from the torch CPU generator (under its mutex); each chunk of kChunk
+// elements then reads its own counter-based Philox stream (seed, subsequence = chunk). The draw is therefore
+// parallel, independent of the thread count, and the same seed gives the same z'. It is not the stream torch.randn would produce; pass
 // noise= to replay a given draw exactly.
 #include "../checks.h"
 #include "../ops.h"
@@ -17,7 +17,7 @@
 namespace interpgan {
 namespace {
 
-constexpr int64_t kPerDraw = 4;  // normals from one 128-bit Philox output
+constexpr int64_t kChunk = 1024;  // elements per Philox subsequence: fixed, so results do not depend on threads
 
 inline uint64_t take_seed(std::optional<at::Generator> generator) {
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
@@ -25,20 +25,17 @@ inline uint64_t take_seed(std::optional<at::Generator> generator) {
   return gen->random64();
 }
 
-// Four standard normals from Philox(seed, subsequence) by Box-Muller.
-inline void philox_normal4(uint64_t seed, uint64_t subsequence, double out[4]) {
-  at::Philox4_32 engine(seed, subsequence, 0);
-  uint32_t u[4];
-  for (auto& x : u) x = engine();
-  constexpr double kTwoPi = 6.283185307179586;
-  constexpr double kInv32 = 1.0 / 4294967296.0;
-  for (int i = 0; i < 2; ++i) {
-    const double u1 = (static_cast<double>(u[2 * i]) + 0.5) * kInv32;  // in (0, 1): log is finite
-    const double u2 = static_cast<double>(u[2 * i + 1]) * kInv32;
-    const double r = std::sqrt(-2.0 * std::log(u1));
-    out[2 * i] = r * std::cos(kTwoPi * u2);
-    out[2 * i + 1] = r * std::sin(kTwoPi * u2);
-  }
+// Two standard normals from two 32-bit uniforms by Box-Muller, in the precision of the update
+// (float math for float/half/bfloat16, which is several times cheaper than double).
+template <typename opmath_t>
+inline void box_muller(uint32_t a, uint32_t b, opmath_t& x, opmath_t& y) {
+  constexpr opmath_t kTwoPi = static_cast<opmath_t>(6.283185307179586);
+  constexpr opmath_t kInv32 = static_cast<opmath_t>(1.0 / 4294967296.0);
+  const opmath_t u1 = (static_cast<opmath_t>(a >> 8) + opmath_t(0.5)) * (kInv32 * 256);  // in (0, 1): finite log
+  const opmath_t u2 = static_cast<opmath_t>(b) * kInv32;
+  const opmath_t r = std::sqrt(opmath_t(-2) * std::log(u1));
+  x = r * std::cos(kTwoPi * u2);
+  y = r * std::sin(kTwoPi * u2);
 }
 
 template <typename scalar_t>
@@ -50,18 +47,25 @@ void langevin_kernel(scalar_t* out, const scalar_t* z, const scalar_t* grad, con
   const opmath_t pw = static_cast<opmath_t>(prior_weight);
   const bool clip = drift_clip.has_value();
   const opmath_t lim = clip ? static_cast<opmath_t>(*drift_clip) : opmath_t(0);
-  const int64_t n_draws = (n + kPerDraw - 1) / kPerDraw;
-  at::parallel_for(0, n_draws, 2048, [&](int64_t begin, int64_t end) {
-    double eps[kPerDraw];
-    for (int64_t d = begin; d < end; ++d) {
-      if (noise == nullptr) philox_normal4(seed, static_cast<uint64_t>(d), eps);
-      const int64_t i_end = std::min(n, (d + 1) * kPerDraw);
-      for (int64_t i = d * kPerDraw; i < i_end; ++i) {
-        const opmath_t zi = static_cast<opmath_t>(z[i]);
-        opmath_t drift = static_cast<opmath_t>(grad[i]) - pw * zi;
+  const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+  at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    opmath_t eps[kChunk];
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t i0 = chunk * kChunk, len = std::min(kChunk, n - i0);
+      if (noise == nullptr) {
+        at::Philox4_32 engine(seed, static_cast<uint64_t>(chunk), 0);
+        for (int64_t i = 0; i < len; i += 2) {
+          const uint32_t a = engine(), b = engine();
+          box_muller<opmath_t>(a, b, eps[i], eps[i + 1]);  // eps has room for an even count
+        }
+      } else {
+        for (int64_t i = 0; i < len; ++i) eps[i] = static_cast<opmath_t>(noise[i0 + i]);
+      }
+      for (int64_t i = 0; i < len; ++i) {
+        const opmath_t zi = static_cast<opmath_t>(z[i0 + i]);
+        opmath_t drift = static_cast<opmath_t>(grad[i0 + i]) - pw * zi;
         if (clip) drift = drift < -lim ? -lim : (drift > lim ? lim : drift);  // NaN stays NaN
-        const opmath_t e = noise ? static_cast<opmath_t>(noise[i]) : static_cast<opmath_t>(eps[i - d * kPerDraw]);
-        out[i] = static_cast<scalar_t>(zi + half_sq * drift + step * e);
+        out[i0 + i] = static_cast<scalar_t>(zi + half_sq * drift + step * eps[i]);
       }
     }
   });
