@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import SynthFaces
 from .energy import EnergyModel
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
@@ -106,8 +107,10 @@ def step_generator(seed: int, step: int, salt: int, device="cpu") -> torch.Gener
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
 
 
-def sample_real(data, n: int, gen: torch.Generator) -> torch.Tensor:
+def sample_real(data, n: int, gen: torch.Generator, device="cpu") -> torch.Tensor:
     idx = torch.randint(len(data), (n,), generator=gen)
+    if isinstance(data, SynthFaces):
+        return data.render(idx, device=device)[0]  # drawn where it is used
     if hasattr(data, "render"):
         return data.render(idx)[0]
     items = [data[int(i)] for i in idx]
@@ -202,7 +205,7 @@ class Trainer:
         timer = _Timer(dev)
         gen = step_generator(cfg.seed, t, 0)
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
-        real = sample_real(self.data, cfg.batch_size, gen).to(dev)
+        real = sample_real(self.data, cfg.batch_size, gen, dev).to(dev)
         logs = {}
         # D step
         with timer("D"):

@@ -67,13 +67,16 @@ class SynthFaces(torch.utils.data.Dataset):
         return torch.stack([(p["smile"] > 0.3).float(), p["mouth_open"], p["eyes_open"], p["glasses"],
                             p["hair_color"], p["skin_tone"], p["cx"], p["cy"], p["long_hair"]], dim=1)
 
-    def render(self, indices):
-        """Images [N,3,S,S] in [-1,1] and label maps [N,S,S] (int64 indices into PARTS)."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        p = {k: v[idx][:, None, None] for k, v in self.params.items()}
+    def render(self, indices, device=None):
+        """Images [N,3,S,S] in [-1,1] and label maps [N,S,S] (int64 indices into PARTS), drawn on `device`
+        (default CPU; on a GPU a batch costs next to nothing). The same indices give the same pixels anywhere."""
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
+        p = {k: v[idx][:, None, None].to(dev) for k, v in self.params.items()}
         N, S = len(idx), self.size
         soft = 1.2 / S  # anti-aliasing width: about one pixel in [-1, 1] coordinates
-        axis = (torch.arange(S) + 0.5) / S * 2 - 1
+        axis = (torch.arange(S, device=dev) + 0.5) / S * 2 - 1
+        const = lambda rgb: torch.tensor(rgb, device=dev)[None, :, None, None]  # noqa: E731
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         # face frame: undo position, rotation and scale
         x, y = x[None] - p["cx"], y[None] - p["cy"]
@@ -82,7 +85,7 @@ class SynthFaces(torch.utils.data.Dataset):
         sc = soft / p["scale"]
 
         def ellipse(cx, cy, rx, ry):
-            rx, ry = torch.as_tensor(rx), torch.as_tensor(ry)
+            rx, ry = torch.as_tensor(rx, device=dev), torch.as_tensor(ry, device=dev)
             d = torch.sqrt(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
             return torch.sigmoid((1 - d) * torch.minimum(rx, ry) / sc)
 
@@ -114,12 +117,12 @@ class SynthFaces(torch.utils.data.Dataset):
                                    + ellipse(0.0, ey - 0.02, ex - er * 1.6, 0.014) * (u.abs() < ex - er * 1.5).float(), 0, 1)
 
         # colours
-        skin_rgb = _lerp_palette(_SKIN, p["skin_tone"][:, 0, 0])[:, :, None, None]
-        hair_rgb = _lerp_palette(_HAIR, p["hair_color"][:, 0, 0])[:, :, None, None]
+        skin_rgb = _lerp_palette(_SKIN.to(dev), p["skin_tone"][:, 0, 0])[:, :, None, None]
+        hair_rgb = _lerp_palette(_HAIR.to(dev), p["hair_color"][:, 0, 0])[:, :, None, None]
         hue = p["bg_hue"][:, 0, 0] * 2 * math.pi
         bg = torch.stack([torch.cos(hue), torch.cos(hue - 2.09), torch.cos(hue + 2.09)], 1) * 0.25
         bg_rgb = (p["bg_light"][:, 0, 0, None] + bg).clamp(0, 1)[:, :, None, None]
-        eye_rgb = torch.tensor([0.08, 0.08, 0.12])[None, :, None, None]
+        eye_rgb = const([0.08, 0.08, 0.12])
         shade = 1 - 0.15 * (x[:, None] + 0.6 * y[:, None])  # light from the top left
         layers = [  # painter's order: (mask, colour, part)
             (hair * (1 - face), hair_rgb, "hair"),
@@ -129,12 +132,12 @@ class SynthFaces(torch.utils.data.Dataset):
             (left_eye, eye_rgb, "left_eye"),
             (right_eye, eye_rgb, "right_eye"),
             (nose, skin_rgb * 0.8, "nose"),
-            (mouth, torch.where(p["mouth_open"][:, None] > 0.5, torch.tensor([0.3, 0.05, 0.05])[None, :, None, None],
-                                torch.tensor([0.75, 0.25, 0.3])[None, :, None, None]), "mouth"),
-            (glasses, torch.tensor([0.15, 0.15, 0.2])[None, :, None, None], "glasses"),
+            (mouth, torch.where(p["mouth_open"][:, None] > 0.5, const([0.3, 0.05, 0.05]), const([0.75, 0.25, 0.3])),
+             "mouth"),
+            (glasses, const([0.15, 0.15, 0.2]), "glasses"),
         ]
         img = bg_rgb.expand(N, 3, S, S).clone()
-        labels = torch.zeros(N, S, S, dtype=torch.long)
+        labels = torch.zeros(N, S, S, dtype=torch.long, device=dev)
         for mask, rgb, part in layers:
             img = img * (1 - mask[:, None]) + rgb * mask[:, None]
             labels[mask > 0.5] = PARTS.index(part)
