@@ -7,6 +7,13 @@ baseline (no partition, no W, no Langevin).
 
 Every random draw of step t comes from generators seeded by (seed, t), so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would.
+
+Loss weights are per element (a deliberate choice on top of SPEC §5, made after a measurement): g_W sums
+M*C*K terms and L_gmm a log-density over D = N*K' dimensions, so with raw weights one lambda cannot serve layers
+of different sizes. A 64 px run with lambda2 = 1e-3 on the raw energy (M*K = 65536) let the energy term
+outweigh the GAN loss 50 to 1 and collapsed the colours (bench/results/gpu_train/). So the trainer applies
+lambda2 to L_cd / (M*K) and L_real / (M*K), and lambda_gmm to L_gmm / D. The logged L_cd, L_real and L_gmm are
+the SPEC's raw values.
 """
 import copy
 import json
@@ -42,9 +49,9 @@ class TrainConfig:
     n_groups: int = 8              # C
     lambda0: float = 1.0           # weight of the interpretability terms in G's loss; 0 = plain GAN baseline
     lambda1: float = 1.0           # off-group weight in L_interp
-    lambda2: float = 1e-3          # realism: energy terms (L_cd for W, L_real for G); g_W sums M*C*K terms
+    lambda2: float = 1.0           # realism: energy terms (L_cd for W, L_real for G), per filter-position (see below)
     lambda3: float = 1.0           # L_interp for W
-    lambda_gmm: float = 1e-4       # L_gmm for G; a log-density over N*K dimensions
+    lambda_gmm: float = 1.0        # L_gmm for G, per descriptor dimension (see below)
     langevin_steps: int = 5        # T
     langevin_step_size: float = 0.1  # delta
     drift_clip: float = 1.0
@@ -157,6 +164,7 @@ class Trainer:
         if cfg.n_groups > self.n_filters:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
+        self.energy_scale = 1.0 / (self.n_filters * H * W)  # lambda2 weighs the energy per filter-position
         self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
                                        prior_weight=1.0, drift_clip=cfg.drift_clip)
@@ -239,7 +247,7 @@ class Trainer:
                 with timer("W"):
                     L_cd = self.energy.loss_cd(f_pos.float(), f_neg.float(), self.q)
                     L_interp = self.energy.loss_interp(self.q, cfg.lambda1)
-                    loss_W = cfg.lambda2 * L_cd + cfg.lambda3 * L_interp
+                    loss_W = cfg.lambda2 * self.energy_scale * L_cd + cfg.lambda3 * L_interp
                     self.opt_W.zero_grad(set_to_none=True)
                     loss_W.backward()
                     self.opt_W.step()
@@ -255,9 +263,11 @@ class Trainer:
             if cfg.interpretable:
                 with frozen_batchnorm_stats(self.G), self._autocast():
                     f_ref = self.extractor.features(self.z_gmm)
-                L_gmm = -self.partition.log_likelihood(filter_descriptors(f_ref.float())).mean()
+                desc = filter_descriptors(f_ref.float())
+                L_gmm = -self.partition.log_likelihood(desc).mean()
                 L_real = self.energy.loss_real(f.float(), self.q)
-                loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * L_gmm + cfg.lambda2 * L_real)
+                loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * L_gmm / desc.shape[1]
+                                                 + cfg.lambda2 * self.energy_scale * L_real)
                 logs.update(L_gmm=L_gmm.item(), L_real=L_real.item(), energy=-L_real.item())
             self.opt_G.zero_grad(set_to_none=True)
             loss_G.backward()
