@@ -100,23 +100,13 @@ void langevin_into(at::Tensor& out, const at::Tensor& z, const at::Tensor& grad,
 at::Tensor langevin_step_cuda(const at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
                               std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
                               std::optional<at::Generator> generator) {
-  check_langevin_args("langevin_step", z, grad, noise, step_size, drift_clip);
-  auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
-  langevin_into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-  return out;
+  return langevin_functional(z, grad, step_size, prior_weight, drift_clip, noise, generator, langevin_into);
 }
 
 void langevin_step_inplace_cuda(at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
                                 std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
                                 std::optional<at::Generator> generator) {
-  check_langevin_args("langevin_step_", z, grad, noise, step_size, drift_clip);
-  if (z.is_contiguous()) {
-    langevin_into(z, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-  } else {
-    auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
-    langevin_into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-    z.copy_(out);
-  }
+  langevin_inplace(z, grad, step_size, prior_weight, drift_clip, noise, generator, langevin_into);
 }
 
 }  // namespace interpgan
