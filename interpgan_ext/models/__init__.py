@@ -1,7 +1,9 @@
 """Reference GAN architectures. Each generator names its default target layer in `default_layer`."""
 from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .stylegan2 import StyleGAN2Generator
 
-ARCHS = {"dcgan": (DCGANGenerator, DCGANDiscriminator)}
+# The StyleGAN2-like generator is paired with the DCGAN discriminator: the method changes only G's training.
+ARCHS = {"dcgan": (DCGANGenerator, DCGANDiscriminator), "stylegan2": (StyleGAN2Generator, DCGANDiscriminator)}
 
 
 def build(arch: str, size: int, z_dim: int = 128, width: int = 64):
@@ -12,4 +14,4 @@ def build(arch: str, size: int, z_dim: int = 128, width: int = 64):
     return G_cls(size=size, z_dim=z_dim, width=width), D_cls(size=size, width=width)
 
 
-__all__ = ["DCGANGenerator", "DCGANDiscriminator", "ARCHS", "build"]
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "StyleGAN2Generator", "ARCHS", "build"]
