@@ -9,6 +9,16 @@ import torch
 from . import _backend
 
 
+def _init_distributed():
+    """Under torchrun (WORLD_SIZE > 1): one process per rank, NCCL on GPUs, gloo on CPUs."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def _train(args):
     from .data import build_dataset
     from .models import build
@@ -31,7 +41,9 @@ def _train(args):
             overrides["lambda0"] = 0.0
         cfg = TrainConfig(**overrides)
         arch, size, width, data_name = args.arch, args.size, args.width, args.data
+    _init_distributed()
     data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
     G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
     layer = args.layer or G.default_layer
     meta = {"arch": arch, "size": size, "width": width, "data": data_name}

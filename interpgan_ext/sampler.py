@@ -57,11 +57,12 @@ class FeatureExtractor:
             raise RuntimeError(f"layer {self.layer_name!r} was not called in G's forward")
         return store["f"]
 
-    def images_and_features(self, z: torch.Tensor, *args, **kwargs):
-        """G(z) and the target layer's output from one full forward."""
+    def images_and_features(self, z: torch.Tensor, *args, model: Optional[nn.Module] = None, **kwargs):
+        """G(z) and the target layer's output from one full forward; `model` runs it instead of G (e.g. G
+        wrapped in DistributedDataParallel: the hook sits on the shared layer either way)."""
         store = {}
         with self._hook(store, stop=False):
-            x = self.G(z, *args, **kwargs)
+            x = (model or self.G)(z, *args, **kwargs)
         return x, store["f"]
 
 

@@ -8,6 +8,11 @@ baseline (no partition, no W, no Langevin).
 Every random draw of step t comes from generators seeded by (seed, t), so a run resumed from a checkpoint
 continues exactly as the uninterrupted run would.
 
+Multi-process (torchrun; gloo on CPU, NCCL on GPU): when torch.distributed is initialised, G and D train under
+DistributedDataParallel, W's gradient is all-reduced, each rank draws its own batch, and the GMM is fitted on
+descriptors gathered from all ranks (each computes its share of the gmm_images), so q is the same everywhere.
+Rank 0 alone writes logs, samples and checkpoints.
+
 Loss weights are per element (a deliberate choice on top of SPEC §5, made after a measurement): g_W sums
 M*C*K terms and L_gmm a log-density over D = N*K' dimensions, so with raw weights one lambda cannot serve layers
 of different sizes. A 64 px run with lambda2 = 1e-3 on the raw energy (M*K = 65536) let the energy term
@@ -25,8 +30,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .data import SynthFaces
 from .energy import EnergyModel
@@ -150,7 +157,13 @@ class Trainer:
                  out_dir: str = "runs/default", extra_meta: Optional[dict] = None):
         self.cfg = config or TrainConfig()
         cfg = self.cfg
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
         dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if dev == "cuda" and self.distributed:
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         self.device = torch.device(dev)
         torch.manual_seed(cfg.seed)
         self.G, self.D, self.layer, self.data = G.to(self.device), D.to(self.device), layer, data
@@ -169,6 +182,14 @@ class Trainer:
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
                                        prior_weight=1.0, drift_clip=cfg.drift_clip)
         betas = (cfg.beta1, cfg.beta2)
+        # The modules that run the D and G steps: DDP wrappers around the same G and D when distributed.
+        self.G_train, self.D_train = self.G, self.D
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train = DistributedDataParallel(self.G, device_ids=ids)
+            self.D_train = DistributedDataParallel(self.D, device_ids=ids)
+            with torch.no_grad():  # W starts equal on every rank
+                dist.broadcast(self.energy.W.data, 0)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_W = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr_w, betas=betas)
@@ -177,10 +198,12 @@ class Trainer:
         self.step = 0
         self.out_dir = out_dir
         self.z_fixed = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 99)).to(self.device)
-        os.makedirs(out_dir, exist_ok=True)
-        meta = {"layer": layer, "n_filters": int(self.n_filters), "spatial": [int(H), int(W)], **(extra_meta or {})}
-        with open(os.path.join(out_dir, "config.json"), "w") as fh:
-            json.dump({"config": asdict(cfg), **meta}, fh, indent=1)
+        meta = {"layer": layer, "n_filters": int(self.n_filters), "spatial": [int(H), int(W)],
+                "world_size": self.world, **(extra_meta or {})}
+        if self.is_main:
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "config.json"), "w") as fh:
+                json.dump({"config": asdict(cfg), **meta}, fh, indent=1)
         self.meta = meta
 
     # -- pieces of a step --------------------------------------------------------------------------
@@ -190,28 +213,38 @@ class Trainer:
         return nullcontext()
 
     def _d_loss(self, real, fake):
-        d_real, d_fake = self.D(real), self.D(fake)
+        d = self.D_train(torch.cat([real, fake]))  # one forward: DDP expects one per backward
+        d_real, d_fake = d[: len(real)], d[len(real):]
         if self.cfg.gan_loss == "hinge":
             return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean(), d_real
         return F.softplus(d_fake).mean() + F.softplus(-d_real).mean(), d_real
 
     def _g_gan_loss(self, fake):
-        d_fake = self.D(fake)
+        d_fake = self.D_train(fake)
         return -d_fake.mean() if self.cfg.gan_loss == "hinge" else F.softplus(-d_fake).mean()
 
     def refit_partition(self, gen: torch.Generator):
-        """The max over (Theta, q): EM on descriptors of gmm_images fresh samples (kept as z_gmm for L_gmm)."""
-        self.z_gmm = torch.randn(self.cfg.gmm_images, self.cfg.z_dim, generator=gen).to(self.device)
+        """The max over (Theta, q): EM on descriptors of gmm_images fresh samples (kept as z_gmm for L_gmm).
+
+        Distributed, each rank computes the features of its share of the (common) latents and all ranks
+        gather them, so every rank fits the same GMM on all gmm_images."""
+        z = torch.randn(self.cfg.gmm_images, self.cfg.z_dim, generator=gen).to(self.device)
+        shares = [z[r::self.world] for r in range(self.world)]
+        self.z_gmm = torch.cat(shares)  # rank order, matching the gathered features
         with torch.no_grad(), frozen_batchnorm_stats(self.G):
-            f = self.extractor.features(self.z_gmm)
-        self.partition.fit(filter_descriptors(f.float()))
+            f = self.extractor.features(shares[self.rank]).float()
+            if self.distributed:
+                parts = [f.new_empty((len(sh),) + f.shape[1:]) for sh in shares]
+                dist.all_gather(parts, f.contiguous())
+                f = torch.cat(parts)
+        self.partition.fit(filter_descriptors(f))
         self.q = self.partition.q.to(self.device)
         check_partition(self.q, self.cfg.n_groups)
 
     def train_step(self):
         cfg, dev, t = self.cfg, self.device, self.step
         timer = _Timer(dev)
-        gen = step_generator(cfg.seed, t, 0)
+        gen = step_generator(cfg.seed, t, 1000 * self.rank)  # each rank its own batch
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
         real = sample_real(self.data, cfg.batch_size, gen, dev).to(dev)
         logs = {}
@@ -240,7 +273,7 @@ class Trainer:
                 with timer("Langevin"):
                     with torch.no_grad():
                         f_pos = self.extractor.features(z)
-                    lgen = step_generator(cfg.seed, t, 2, dev)
+                    lgen = step_generator(cfg.seed, t, 2 + 1000 * self.rank, dev)
                     z_neg = self.sampler.sample(z, self.q, generator=lgen)
                     with torch.no_grad():
                         f_neg = self.extractor.features(z_neg)
@@ -250,6 +283,9 @@ class Trainer:
                     loss_W = cfg.lambda2 * self.energy_scale * L_cd + cfg.lambda3 * L_interp
                     self.opt_W.zero_grad(set_to_none=True)
                     loss_W.backward()
+                    if self.distributed:
+                        dist.all_reduce(self.energy.W.grad)
+                        self.energy.W.grad /= self.world
                     self.opt_W.step()
                     self.energy.project_()
             logs.update(L_cd=L_cd.item(), L_interp=L_interp.item())
@@ -257,7 +293,7 @@ class Trainer:
         with timer("G"):
             self.D.requires_grad_(False)
             with self._autocast():
-                x, f = self.extractor.images_and_features(z)
+                x, f = self.extractor.images_and_features(z, model=self.G_train)
                 loss_gan = self._g_gan_loss(x)
             loss_G = loss_gan.float()
             if cfg.interpretable:
@@ -279,9 +315,14 @@ class Trainer:
                     be.copy_(b)
         logs.update(loss_G=loss_G.item(), loss_G_gan=loss_gan.item())
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if self.distributed:  # stop on every rank together, not leave the others waiting in a collective
+            flag = torch.tensor([float(len(bad))], device=dev)
+            dist.all_reduce(flag)
+            if flag.item() > 0 and not bad:
+                bad = ["loss on another rank"]
         if bad:
             raise TrainingDiverged(
-                f"step {t}: non-finite {', '.join(bad)} ({ {k: logs[k] for k in bad} }); training stopped. "
+                f"step {t}: non-finite {', '.join(bad)} ({ {k: logs.get(k) for k in bad} }); training stopped. "
                 f"The last good checkpoint is kept at {self.checkpoint_path}. Try a lower learning rate, a smaller "
                 "langevin_step_size, or a smaller lambda0."
             )
@@ -333,15 +374,16 @@ class Trainer:
     def fit(self, steps: Optional[int] = None, progress: bool = True):
         """Train until `steps` (default: config.steps) total steps are done; returns the last logs."""
         total = steps or self.cfg.steps
-        log_path = os.path.join(self.out_dir, "log.jsonl")
-        writer = _tensorboard(self.out_dir)
-        bar = _progress(total, self.step, progress)
+        main = self.is_main
+        writer = _tensorboard(self.out_dir) if main else None
+        bar = _progress(total, self.step, progress and main)
         logs, t0, n_images = {}, time.perf_counter(), 0
+        log_path = os.path.join(self.out_dir, "log.jsonl") if main else os.devnull
         with open(log_path, "a") as log_file:
             while self.step < total:
                 logs = self.train_step()
                 self.step += 1
-                n_images += self.cfg.batch_size
+                n_images += self.cfg.batch_size * self.world
                 if self.step % self.cfg.log_every == 0 or self.step == total:
                     elapsed = time.perf_counter() - t0
                     logs.update(step=self.step, images_per_s=n_images / max(elapsed, 1e-9))
@@ -352,9 +394,9 @@ class Trainer:
                             if isinstance(v, float):
                                 writer.add_scalar(k, v, self.step)
                     t0, n_images = time.perf_counter(), 0
-                if self.step % self.cfg.image_every == 0 or self.step == total:
+                if main and (self.step % self.cfg.image_every == 0 or self.step == total):
                     self.save_samples()
-                if self.step % self.cfg.ckpt_every == 0 or self.step == total:
+                if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
                     self.save_checkpoint()
                 if bar is not None:
                     bar.update(1)

@@ -84,3 +84,20 @@ def test_cli_train_and_resume(tmp_path, capsys):
     cli_main(["train", "--out", out, "--resume", "--steps", "5", "--no-progress"])
     assert "resuming" in capsys.readouterr().out
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    """torchrun, 2 CPU processes: G, W and q stay identical across ranks; only rank 0 writes the run."""
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
+                        str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    assert torch.equal(a["G"], b["G"]) and torch.equal(a["W"], b["W"]) and torch.equal(a["q"], b["q"])
+    assert os.path.exists(tmp_path / "checkpoint.pt") and os.path.exists(tmp_path / "log.jsonl")
+    rows = read_log(tmp_path)
+    assert rows[-1]["step"] == 6 and len(rows) == 3  # rank 0 alone logs
