@@ -86,32 +86,6 @@ inline void check_langevin_args(const char* op, const at::Tensor& z, const at::T
   }
 }
 
-// Out-of-place and in-place forms of langevin_step around a backend's `into(out, z, grad, ...)`, which writes
-// z' into a contiguous `out` (out may be z itself: the update is elementwise).
-template <typename Into>
-at::Tensor langevin_functional(const at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
-                               std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
-                               std::optional<at::Generator> generator, Into&& into) {
-  check_langevin_args("langevin_step", z, grad, noise, step_size, drift_clip);
-  auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
-  into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-  return out;
-}
-
-template <typename Into>
-void langevin_inplace(at::Tensor& z, const at::Tensor& grad, double step_size, double prior_weight,
-                      std::optional<double> drift_clip, const std::optional<at::Tensor>& noise,
-                      std::optional<at::Generator> generator, Into&& into) {
-  check_langevin_args("langevin_step_", z, grad, noise, step_size, drift_clip);
-  if (z.is_contiguous()) {
-    into(z, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-  } else {
-    auto out = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
-    into(out, z, grad, step_size, prior_weight, drift_clip, noise, generator);
-    z.copy_(out);
-  }
-}
-
 // View f as [B, M, K] contiguous (copies only when the caller's tensor is not contiguous).
 inline at::Tensor as_bmk(const at::Tensor& f, const EnergyShape& s) {
   return f.reshape({s.B, s.M, s.K}).contiguous();

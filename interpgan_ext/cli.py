@@ -69,7 +69,7 @@ def main(argv=None):
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--data", default="synth-faces", help="synth-faces | lfw | a folder of images")
     tr.add_argument("--size", type=int, default=32, help="image size: 16, 32, 64 or 128")
-    tr.add_argument("--arch", default="dcgan", help="generator family")
+    tr.add_argument("--arch", default="dcgan", help="generator family: dcgan | stylegan2")
     tr.add_argument("--width", type=int, default=32, help="base channel width of G and D")
     tr.add_argument("--layer", default=None, help="target layer (module path); default: the architecture's own")
     tr.add_argument("--steps", type=int, default=None, help="total steps (default 1500)")

@@ -3,6 +3,7 @@
 // scalar Box-Muller) measured slower than eager PyTorch; this way a seeded generator gives exactly the values
 // torch.randn(generator=...) would, so the CPU op and the reference agree bit for bit on the same seed.
 #include "../checks.h"
+#include "../langevin_step.h"
 #include "../ops.h"
 
 #include <ATen/Dispatch.h>

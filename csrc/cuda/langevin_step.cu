@@ -4,6 +4,7 @@
 // generator replays, and CUDA graph capture works). Thread t handles elements [4t, 4t + 4) with the Philox
 // subsequence t, exactly as torch's own random kernels do.
 #include "../checks.h"
+#include "../langevin_step.h"
 #include "../ops.h"
 
 #include <ATen/Dispatch.h>
