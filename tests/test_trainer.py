@@ -101,3 +101,13 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert os.path.exists(tmp_path / "checkpoint.pt") and os.path.exists(tmp_path / "log.jsonl")
     rows = read_log(tmp_path)
     assert rows[-1]["step"] == 6 and len(rows) == 3  # rank 0 alone logs
+
+
+def test_ema_warms_up_towards_g(tmp_path):
+    tr = make_trainer(tmp_path, steps=20, lambda0=0.0)
+    init = [p.detach().clone() for p in tr.G.parameters()]
+    tr.fit(progress=False)
+    dist = lambda a, b: sum((x - y).pow(2).sum() for x, y in zip(a, b)).sqrt()  # noqa: E731
+    G, G_ema = list(tr.G.parameters()), list(tr.G_ema.parameters())
+    # with a flat 0.999 decay G_ema would still be ~98% the initial weights after 20 steps
+    assert dist(G_ema, G) < 0.5 * dist(init, G)
