@@ -46,7 +46,8 @@ class ImageFolder(torch.utils.data.Dataset):
         self.n_skipped = len(skipped)
         if skipped:
             warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable file(s) under {path}: "
-                          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), RuntimeWarning)
+                          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), RuntimeWarning,
+                          stacklevel=2)
         if not images:
             raise ValueError(f"ImageFolder: none of the {len(files)} image files under {path} could be read")
         self.images = torch.stack(images)

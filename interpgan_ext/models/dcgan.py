@@ -1,7 +1,6 @@
 """DCGAN-style generator and discriminator for 16, 32, 64 and 128 px images."""
 import math
 
-import torch
 from torch import nn
 
 
