@@ -12,6 +12,22 @@ import torch
 _C = None
 unavailable_reason = None
 
+
+def _needs_python_prechecks() -> bool:
+    """torch 2.11 (the GPU image's) segfaults when an extension op throws c10::ValueError (TORCH_CHECK_VALUE):
+    a ten-line load_inline op reproduces it, while TypeError, IndexError and RuntimeError raise normally and
+    torch 2.14 is fine. Where it may happen (torch < 2.14, the first version seen to be safe), the wrappers
+    run the Python checks (same conditions, same messages) before the compiled op, so bad input raises
+    instead of crashing. INTERPGAN_PY_CHECKS=1 or 0 forces the choice."""
+    forced = os.environ.get("INTERPGAN_PY_CHECKS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return (major, minor) < (2, 14)
+
+
+PYTHON_PRECHECKS = _needs_python_prechecks()
+
 if os.environ.get("INTERPGAN_BACKEND", "").strip().lower() == "reference":
     unavailable_reason = "forced by INTERPGAN_BACKEND=reference"
 else:

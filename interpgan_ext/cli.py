@@ -1,4 +1,4 @@
-"""Command line: `interpgan train ...`, `interpgan info`."""
+"""Command line: `interpgan train | swap | visualize | eval | report | info`."""
 import argparse
 import json
 import os
@@ -60,6 +60,113 @@ def _train(args):
           + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float)))
 
 
+def _load(path, device):
+    from .runs import load_run
+
+    try:
+        return load_run(path, device=device)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"interpgan: {e}")
+
+
+def _swap(args):
+    from .edit import refine, replace_channels, swap_concept
+    from .runs import partition_of
+    from .viz import swap_figure
+
+    run = _load(args.run, args.device)
+    q = partition_of(run)
+    za, zb = run.latents(args.pairs, args.seed), run.latents(args.pairs, args.seed + 1)
+    try:
+        res = swap_concept(run.G, run.layer, za, zb, groups=args.group, q=q)
+    except ValueError as e:
+        sys.exit(f"interpgan swap: {e}")
+    if args.refine:
+        if run.energy is None:
+            sys.exit("interpgan swap: --refine needs an interpretable run (a baseline run has no energy model)")
+        gen = torch.Generator(run.device).manual_seed(args.seed)
+        _, res.edited_a = refine(run.G, run.layer, run.energy, za, q, edit=replace_channels(res.features_b, res.channels),
+                                 steps=args.refine, step_size=args.step_size, generator=gen)
+    out = args.out or os.path.join(args.run, f"swap_group{'-'.join(map(str, args.group))}.png")
+    print(f"wrote {swap_figure(res, out)}: {args.pairs} pairs, groups {args.group} ({len(res.channels)} filters)")
+
+
+def _visualize(args):
+    from .viz import visualize_run
+
+    run = _load(args.run, args.device)
+    metrics = None
+    mpath = os.path.join(args.run, "metrics.json")
+    if os.path.exists(mpath):
+        with open(mpath) as fh:
+            metrics = json.load(fh)
+    else:
+        print("note: no metrics.json (interpgan eval writes it); the per-part charts are left out")
+    paths = visualize_run(run, args.out or os.path.join(args.run, "figures"), n_images=args.images,
+                          n_filters=args.filters, seed=args.seed, metrics=metrics)
+    print("wrote " + ", ".join(paths))
+
+
+def _segmenter_for(run, args):
+    from .metrics import load_or_train_segmenter
+
+    if run.meta.get("data", "synth-faces") not in ("synth-faces", "synth", "synthfaces"):
+        print("note: the run's data has no part labels; IoU is skipped and locality uses thresholded activations")
+        return None, None
+    seg, scores = load_or_train_segmenter(args.run, run.meta["size"], device=run.device, steps=args.seg_steps,
+                                          progress=not args.no_progress)
+    print(f"segmenter ({run.meta['size']} px): held-out pixel accuracy {scores['pixel_accuracy']:.3f}, "
+          f"mIoU {scores['miou']:.3f}")
+    if scores["miou"] < args.min_seg_miou:
+        sys.exit(f"interpgan eval: the part segmenter's held-out mIoU {scores['miou']:.3f} is below "
+                 f"--min-seg-miou {args.min_seg_miou}; its labels are not good enough to measure with. Train it "
+                 f"longer (--seg-steps; delete {args.run}/segmenter_*.pt), or lower the bar knowingly.")
+    return seg.segment, scores
+
+
+def _eval(args):
+    from .metrics import default_extractor, evaluate_run
+    from .metrics.evaluate import compare_with_baseline
+    from .report import summary_rows
+
+    run = _load(args.run, args.device)
+    seg, scores = _segmenter_for(run, args)
+    extractor = None
+    if seg is not None or args.inception:
+        extractor = default_extractor(seg.__self__ if seg is not None else None, args.inception, device=run.device)
+    kw = dict(n_images=args.images, n_pairs=args.pairs, batch_size=args.batch_size, seed=args.seed,
+              progress=not args.no_progress)
+    metrics = evaluate_run(run, segmenter=seg, extractor=extractor, **kw)
+    if scores:
+        metrics["segmenter"] = {k: v for k, v in scores.items() if k != "iou"}
+    if args.baseline:
+        base = _load(args.baseline, args.device)
+        if seg is not None:
+            metrics["baseline"] = compare_with_baseline(metrics, base, seg, extractor=extractor, **kw)
+        else:
+            metrics["baseline"] = evaluate_run(base, extractor=extractor, **kw)
+    path = os.path.join(args.run, "metrics.json")
+    from .trainer import atomic_write_json
+
+    atomic_write_json(metrics, path)
+    rows = summary_rows(metrics, metrics.get("baseline"))
+    names = [run.name] + ([os.path.basename(os.path.normpath(args.baseline))] if args.baseline else [])
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}}  " + "  ".join(f"{n:>14}" for n in names))
+    for r in rows:
+        vals = r[1:1 + len(names)]
+        print(f"{r[0]:<{width}}  " + "  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in vals))
+    print(f"wrote {path}")
+
+
+def _report(args):
+    from .report import write_report
+
+    run = _load(args.run, args.device)
+    base = _load(args.baseline, args.device) if args.baseline else None
+    print(f"wrote {write_report(run, base, args.out)}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="interpgan", description="Interpretable GANs (Li et al., AAAI 2022)")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -84,12 +191,45 @@ def main(argv=None):
                       ("gmm_every", int), ("seed", int), ("lr_g", float), ("lr_d", float), ("device", str)):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     tr.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
+    sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")
+    sw.add_argument("run")
+    sw.add_argument("--group", type=int, nargs="+", required=True, help="group id(s); several = a region swap")
+    sw.add_argument("--pairs", type=int, default=8)
+    sw.add_argument("--refine", type=int, default=0, help="Langevin refinement steps on the edited A images")
+    sw.add_argument("--step-size", type=float, default=0.05)
+    sw.add_argument("--out", default=None, help="PNG path (default RUN/swap_group<c>.png)")
+
+    vi = sub.add_parser("visualize", help="filter activations, group map and partition charts as PNGs")
+    vi.add_argument("run")
+    vi.add_argument("--images", type=int, default=8)
+    vi.add_argument("--filters", type=int, default=16)
+    vi.add_argument("--out", default=None, help="folder (default RUN/figures)")
+
+    ev = sub.add_parser("eval", help="IoU, locality and FID/KID; writes RUN/metrics.json",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("run")
+    ev.add_argument("--baseline", default=None, help="a baseline run (lambda0 = 0) to compare with")
+    ev.add_argument("--images", type=int, default=1000, help="generated images for IoU and FID")
+    ev.add_argument("--pairs", type=int, default=64, help="swap pairs per group for locality")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--seg-steps", type=int, default=1500, help="segmenter training steps (cached in RUN)")
+    ev.add_argument("--min-seg-miou", type=float, default=0.9, help="refuse to measure with a worse segmenter")
+    ev.add_argument("--inception", default=None, help="local Inception-v3 weights for FID (else the segmenter's encoder)")
+    ev.add_argument("--no-progress", action="store_true")
+
+    rp = sub.add_parser("report", help="a self-contained report.html (run eval first for the metric tables)")
+    rp.add_argument("run")
+    rp.add_argument("--baseline", default=None)
+    rp.add_argument("--out", default=None, help="folder (default RUN/report)")
+    for p in (sw, vi, ev, rp):
+        p.add_argument("--device", default="auto")
+        p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.command == "info":
         print(_backend.info())
         print(f"cuda_available       : {torch.cuda.is_available()}")
-    elif args.command == "train":
-        _train(args)
+    else:
+        {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "report": _report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,14 @@ def atomic_save(obj, path: str):
     os.replace(tmp, path)
 
 
+def atomic_write_json(obj, path: str):
+    """json.dump to a temporary file, then rename."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
 def step_generator(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
 

@@ -27,3 +27,142 @@ def save_image_grid(images: torch.Tensor, path: str, nrow: int = 8, scale: int =
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     img.save(path)
     return path
+
+
+# -- filter and group pictures --------------------------------------------------------------------------------
+def palette(n: int) -> torch.Tensor:
+    """n distinct colours [n, 3] in [0, 1] (evenly spaced hues)."""
+    import colorsys
+
+    return torch.tensor([colorsys.hsv_to_rgb(i / max(n, 1), 0.85, 1.0) for i in range(n)], dtype=torch.float32)
+
+
+def _heat(a: torch.Tensor) -> torch.Tensor:
+    """[N, S, S] in [0, 1] -> [N, 3, S, S] in [0, 1]: black, red, yellow, white."""
+    return torch.stack([(3 * a).clamp(0, 1), (3 * a - 1).clamp(0, 1), (3 * a - 2).clamp(0, 1)], 1)
+
+
+def activation_overlay(images: torch.Tensor, acts: torch.Tensor, alpha: float = 0.6) -> torch.Tensor:
+    """Images [N, 3, S, S] in [-1, 1] with activation maps [N, h, w] upsampled, scaled by their common 99th percentile
+    (so strengths compare across the images), and overlaid as a heat map; result in [-1, 1]."""
+    S = images.shape[-1]
+    a = torch.nn.functional.interpolate(acts[:, None].float(), size=(S, S), mode="bilinear", align_corners=False)[:, 0]
+    a = a.clamp_min(0)
+    a = (a / torch.quantile(a.flatten()[::max(1, a.numel() // 100000)], 0.99).clamp_min(1e-8)).clamp(max=1)
+    img = (images.float() + 1) / 2
+    mixed = img * (1 - alpha * a[:, None]) + _heat(a) * alpha * a[:, None]
+    return mixed * 2 - 1
+
+
+def group_map(features: torch.Tensor, q: torch.Tensor, n_groups: int, size: int) -> torch.Tensor:
+    """Per pixel, the group with the strongest mean activation [N, size, size] (each group's map scaled by its
+    maximum over the batch first, so that groups with large activations do not win everywhere)."""
+    from .metrics.dissection import group_activations, upsample
+
+    g = upsample(group_activations(features.float(), q, n_groups), size)
+    g = g / g.amax(dim=(0, 2, 3), keepdim=True).clamp_min(1e-8)
+    return g.argmax(1)
+
+
+def label_overlay(images: torch.Tensor, labels: torch.Tensor, n_labels: int, alpha: float = 0.55) -> torch.Tensor:
+    """Images in [-1, 1] tinted with one colour per label."""
+    colours = palette(n_labels).to(images.device)[labels].permute(0, 3, 1, 2)
+    return ((images.float() + 1) / 2 * (1 - alpha) + colours * alpha) * 2 - 1
+
+
+def labelled_rows(rows, labels, path: str, scale: int = 2, label_width: int = 70, header=None) -> str:
+    """A PNG with one row of images per entry of `rows` ([n, 3, S, S] in [-1, 1] each), a text label left of
+    each row and, optionally, a title over each column (`header`)."""
+    from PIL import ImageDraw
+
+    grids = [Image.fromarray(image_grid(r, nrow=len(r))) for r in rows]
+    grids = [g.resize((g.width * scale, g.height * scale), Image.NEAREST) for g in grids]
+    top = 16 if header else 0
+    W, H = label_width + max(g.width for g in grids), top + sum(g.height for g in grids)
+    canvas = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    if header:
+        col = (W - label_width) / len(header)
+        for i, text in enumerate(header):
+            draw.text((label_width + i * col + 3, 2), str(text), fill="black")
+    y = top
+    for g, text in zip(grids, labels):
+        canvas.paste(g, (label_width, y))
+        draw.text((4, y + g.height // 2 - 6), str(text), fill="black")
+        y += g.height
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def bar_chart(values, labels, path: str, title: str = "", colours=None, width: int = 480, bar_h: int = 18) -> str:
+    """A horizontal bar chart PNG: one bar per value, its label on the left and its value on the right."""
+    from PIL import ImageDraw
+
+    values = [float(v) for v in values]
+    top = 24 if title else 6
+    H = top + bar_h * len(values) + 6
+    canvas = Image.new("RGB", (width, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 6), title, fill="black")
+    left, right = 110, width - 60
+    vmax = max(values + [1e-12])
+    cols = colours if colours is not None else palette(len(values))
+    for i, (v, lab) in enumerate(zip(values, labels)):
+        y = top + i * bar_h
+        draw.text((6, y + 3), str(lab)[:18], fill="black")
+        c = tuple(int(255 * x) for x in cols[i])
+        draw.rectangle([left, y + 2, left + int((right - left) * v / vmax), y + bar_h - 3], fill=c)
+        draw.text((right + 6, y + 3), f"{v:.3g}", fill="black")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# -- figures of a trained run -----------------------------------------------------------------------------------
+def swap_figure(res, path: str, scale: int = 2) -> str:
+    """One row per pair: original A, original B, edited A (A with B's concept), |edited A - A|."""
+    diff = (res.edited_a.float() - res.a.float()).abs().mean(1)
+    diff = _heat(diff / diff.amax().clamp_min(1e-8)) * 2 - 1
+    rows = [torch.stack([res.a[i], res.b[i], res.edited_a[i], diff[i].to(res.a.dtype)]) for i in range(len(res.a))]
+    return labelled_rows(rows, [f"pair {i}" for i in range(len(rows))], path, scale=scale, label_width=48,
+                         header=["A", "B", "A edited", "|diff|"])
+
+
+def visualize_run(run, out_dir: str, n_images: int = 8, n_filters: int = 16, seed: int = 0, metrics=None) -> list:
+    """The PNGs of `interpgan visualize`: filter activations over the same images (one filter per row), the group
+    map, the partition's sizes and, when `metrics` (from `interpgan eval`) has dissection results, the share
+    of filters per matched part. Returns the paths written."""
+    from .data import PARTS
+    from .edit import deterministic, generate
+    from .runs import partition_of
+
+    q = partition_of(run, seed=seed).cpu()
+    C = run.n_groups
+    with deterministic(run.G), torch.no_grad():
+        x, f = generate(run.G, run.layer, run.latents(n_images, seed))
+    x, f = x.float().cpu(), f.float().cpu()
+    scale = max(1, 64 // x.shape[-1])
+    paths = []
+    # a sample of filters, spread over the groups
+    per_group = max(1, -(-n_filters // C))
+    chosen = [int(j) for c in range(C) for j in torch.nonzero(q == c).flatten()[:per_group]][:n_filters]
+    rows = [activation_overlay(x, f[:, j]) for j in chosen]
+    paths.append(labelled_rows(rows, [f"filter {j} g{int(q[j])}" for j in chosen],
+                               os.path.join(out_dir, "filters.png"), scale=scale, label_width=90))
+    gmap = group_map(f, q, C, x.shape[-1])
+    paths.append(labelled_rows([x, label_overlay(x, gmap, C)], ["images", "group map"],
+                               os.path.join(out_dir, "group_map.png"), scale=scale))
+    sizes = torch.bincount(q, minlength=C).tolist()
+    paths.append(bar_chart(sizes, [f"group {c}" for c in range(C)], os.path.join(out_dir, "group_sizes.png"),
+                           title=f"filters per group ({len(q)} filters, C={C})"))
+    diss = (metrics or {}).get("dissection")
+    if diss:
+        counts = [sum(1 for e in diss["filters"] if e["best_part"] == p) / len(diss["filters"]) for p in PARTS]
+        paths.append(bar_chart(counts, PARTS, os.path.join(out_dir, "filter_parts.png"),
+                               title="share of filters by best-matching part", colours=palette(len(PARTS))))
+        g = diss["groups"]
+        paths.append(bar_chart([e["iou"] for e in g], [f"g{e['group']}: {e['best_part']}" for e in g],
+                               os.path.join(out_dir, "group_parts.png"), title="each group's best part (IoU)"))
+    return paths

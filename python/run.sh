@@ -5,7 +5,7 @@
 #   bash python/run.sh bench                             op benchmarks (python/bench_ops.py)
 #   bash python/run.sh setup                             only the set-up
 # Environment: INTERPGAN_VENV (default .venv), INTERPGAN_TORCH (default torch==2.14.1, the CUDA build;
-# torch==2.13.0 is the CPU build), MAX_JOBS, TORCH_CUDA_ARCH_LIST, INTERPGAN_SKIP_CUDA=1.
+# torch==2.13.0 is the CPU build; torchvision==0.29.1 comes with the default), MAX_JOBS, TORCH_CUDA_ARCH_LIST, INTERPGAN_SKIP_CUDA=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${INTERPGAN_VENV:-.venv}
@@ -20,6 +20,8 @@ setup() {
   . "$VENV/bin/activate"
   echo "== installing $TORCH_SPEC and the Python dependencies"
   python -m pip install -q "$TORCH_SPEC" ninja numpy tqdm pillow scipy scikit-learn scikit-image pytest setuptools wheel
+  # torchvision (Inception-v3 for FID) must match torch: the default torch has its wheel on local disk
+  if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then python -m pip install -q torchvision==0.29.1; fi
   local so
   so=$(ls interpgan_ext/_C*.so 2>/dev/null | head -1 || true)
   if [ -z "$so" ] || [ -n "$(find csrc setup.py -newer "$so" -type f 2>/dev/null | head -1)" ] \

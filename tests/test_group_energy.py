@@ -154,12 +154,31 @@ def test_opcheck(device, seeded):
 
 
 @needs_ext
+@pytest.mark.skipif(_backend.PYTHON_PRECHECKS, reason="this torch segfaults on C++ ValueErrors (see _backend); "
+                    "the wrappers check in Python first")
 def test_direct_op_call_checks_inputs():
     f = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match="group id out of range"):
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 4), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="expected W of shape"):
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 5), torch.tensor([0, 1, 1]))
+
+
+@needs_ext
+def test_wrappers_precheck_in_python_where_torch_needs_it(monkeypatch):
+    """With the Python pre-checks on (torch < 2.14), bad input to the compiled path raises the same errors."""
+    from interpgan_ext.ops import langevin_step
+
+    monkeypatch.setattr(_backend, "PYTHON_PRECHECKS", True)
+    f = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match="group id out of range"):
+        group_energy(f, torch.randn(3, 2, 4), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="expected W of shape"):
+        group_energy(f, torch.randn(3, 2, 5), torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="expected grad of the shape of z"):
+        langevin_step(torch.randn(3), torch.randn(4), 0.1)
+    assert torch.allclose(group_energy(f, torch.ones(3, 2, 4), torch.tensor([0, 1, 1])),
+                       group_energy_reference(f, torch.ones(3, 2, 4), torch.tensor([0, 1, 1])))
 
 
 class TestBadInput:

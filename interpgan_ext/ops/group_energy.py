@@ -93,6 +93,10 @@ def group_energy(f: torch.Tensor, W: torch.Tensor, groups: torch.Tensor) -> torc
     The output has W's dtype (float32 for half f with float32 W).
     """
     if isinstance(f, torch.Tensor) and _backend.use_compiled(f):
+        if _backend.PYTHON_PRECHECKS and not torch.compiler.is_compiling():  # see _backend: C++ ValueErrors crash some torch versions
+            check_group_energy_args(f, W, groups)
+            if groups.device.type == "cpu":
+                check_partition(groups, W.shape[1])
         return torch.ops.interpgan.group_energy(f, W, groups)  # checked in C++ (csrc/checks.h), same errors
     check_group_energy_args(f, W, groups)
     return _group_energy_math(f, W, groups)

@@ -65,6 +65,8 @@ def langevin_step(
             f"{out.dtype}, {out.device}"
         )
     if isinstance(z, torch.Tensor) and _backend.use_compiled(z):  # checked in C++ (csrc/checks.h)
+        if _backend.PYTHON_PRECHECKS and not torch.compiler.is_compiling():  # see _backend: C++ ValueErrors crash some torch versions
+            check_langevin_args(z, grad, step_size, drift_clip, noise)
         ops = torch.ops.interpgan
         if out is None:
             return ops.langevin_step(z, grad, step_size, prior_weight, drift_clip, noise, generator)

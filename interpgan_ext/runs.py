@@ -1,0 +1,109 @@
+"""A trained run directory (written by `interpgan train` / `Trainer`), loaded for editing, metrics and reports."""
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .energy import EnergyModel
+from .partition import FilterPartition
+
+
+@dataclass
+class Run:
+    """What the tools after training need: G (its EMA by default), the target layer, W, q, the config."""
+
+    path: str
+    G: nn.Module
+    layer: str
+    energy: Optional[EnergyModel]   # None for a baseline run (lambda0 = 0 trains no W)
+    q: Optional[torch.Tensor]       # the partition; None for a baseline run
+    config: dict
+    meta: dict
+    step: int
+
+    @property
+    def interpretable(self) -> bool:
+        return self.q is not None
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.config["z_dim"])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.config["n_groups"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.G.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.path))
+
+    def latents(self, n: int, seed: int = 0) -> torch.Tensor:
+        return torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)
+
+    def log(self) -> list:
+        """The rows of log.jsonl (loss terms and throughput over steps)."""
+        path = os.path.join(self.path, "log.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.Module] = None) -> Run:
+    """Load `path`/checkpoint.pt. The generator is rebuilt from the run's architecture (config.json); for a
+    generator of your own, pass an instance as `G` and its weights are loaded into it."""
+    ckpt_path = os.path.join(path, "checkpoint.pt")
+    cfg_path = os.path.join(path, "config.json")
+    for p in (ckpt_path, cfg_path):
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"load_run: {path} is not a run directory (no {os.path.basename(p)})")
+    with open(cfg_path) as fh:
+        saved = json.load(fh)
+    dev = resolve_device(device)
+    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    cfg, meta = state["config"], state["meta"]
+    if G is None:
+        if "arch" not in saved:
+            raise ValueError(f"load_run: {path} was trained with a custom generator; pass it as load_run(..., G=G)")
+        from .models import build
+
+        G, _ = build(saved["arch"], saved["size"], z_dim=cfg["z_dim"], width=saved["width"])
+    G.load_state_dict(state["G_ema" if ema else "G"])
+    G = G.to(dev).eval().requires_grad_(False)
+    energy, q = None, state.get("q")
+    if q is not None:
+        H, W = meta["spatial"]
+        energy = EnergyModel(meta["n_filters"], cfg["n_groups"], H * W, w_max=cfg["w_max"]).to(dev)
+        energy.load_state_dict(state["energy"])
+        energy.requires_grad_(False)
+        q = q.to(dev)
+    return Run(path=path, G=G, layer=meta["layer"], energy=energy, q=q, config=cfg,
+               meta={**meta, **{k: saved[k] for k in ("arch", "size", "width", "data") if k in saved}},
+               step=int(state["step"]))
+
+
+def partition_of(run: Run, n_images: int = 256, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """A run's q; for a baseline run (no q), a GMM with the same C fitted after training on the layer's
+    filter descriptors: the paper's feature-collaging comparison."""
+    if run.q is not None:
+        return run.q
+    from .partition import filter_descriptors
+    from .sampler import FeatureExtractor
+
+    ext = FeatureExtractor(run.G, run.layer)
+    z = run.latents(n_images, seed)
+    with torch.no_grad():
+        f = torch.cat([ext.features(zb).float() for zb in z.split(batch_size)])
+    part = FilterPartition(run.n_groups, seed=seed).fit(filter_descriptors(f))
+    return part.q.to(run.device)

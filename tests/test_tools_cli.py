@@ -1,0 +1,87 @@
+"""`interpgan swap | visualize | eval | report` on tiny runs trained in the test, and the report in Chromium."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from interpgan_ext.cli import main as cli_main
+from interpgan_ext.runs import load_run
+
+TINY = ["--size", "16", "--width", "8", "--steps", "10", "--batch-size", "8", "--n-groups", "3", "--gmm-every", "5",
+        "--n-images", "64", "--no-progress", "--device", "cpu"]
+EVAL = ["--images", "32", "--pairs", "4", "--batch-size", "16", "--seg-steps", "30", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    interp, base = str(root / "interp"), str(root / "base")
+    cli_main(["train", *TINY, "--out", interp])
+    cli_main(["train", *TINY, "--out", base, "--baseline"])
+    return interp, base
+
+
+def test_load_run(runs):
+    interp, base = runs
+    r, b = load_run(interp, device="cpu"), load_run(base, device="cpu")
+    assert r.interpretable and r.q.shape == (r.meta["n_filters"],) and r.step == 10
+    assert not b.interpretable and b.energy is None
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_run(os.path.dirname(interp))
+
+
+def test_swap_writes_a_grid(runs, tmp_path):
+    out = str(tmp_path / "swap.png")
+    cli_main(["swap", runs[0], "--group", "0", "1", "--pairs", "3", "--refine", "2", "--out", out, "--device", "cpu"])
+    w, h = Image.open(out).size
+    assert w > 4 * 16 and h > 3 * 16  # four columns, three pairs
+    with pytest.raises(SystemExit, match="no energy model"):
+        cli_main(["swap", runs[1], "--group", "0", "--refine", "2", "--out", out, "--device", "cpu"])
+
+
+def test_visualize_eval_report(runs):
+    interp, base = runs
+    cli_main(["visualize", interp, "--device", "cpu"])
+    assert {"filters.png", "group_map.png", "group_sizes.png"} <= set(os.listdir(os.path.join(interp, "figures")))
+    # a 30-step segmenter is far below the 0.9 mIoU bar: eval refuses unless told otherwise
+    with pytest.raises(SystemExit, match="below --min-seg-miou"):
+        cli_main(["eval", interp, *EVAL])
+    cli_main(["eval", interp, "--baseline", base, *EVAL, "--min-seg-miou", "0"])
+    with open(os.path.join(interp, "metrics.json")) as fh:
+        m = json.load(fh)
+    assert m["segmenter"]["miou"] < 0.9 and len(m["locality"]) >= 1
+    assert {"mean_group_iou", "parts_matched", "group_purity", "groups", "filters"} <= set(m["dissection"])
+    assert m["realism"]["extractor"].startswith("segmenter-encoder") and m["realism"]["fid"] >= 0
+    assert "collage_locality" in m["baseline"] and not m["baseline"]["interpretable"]
+    for e in m["baseline"]["collage_locality"]:  # the collage swaps as many channels as its interpretable group
+        assert e["size"] == next(g["size"] for g in m["locality"] if g["group"] == e["interp_group"])
+    cli_main(["visualize", interp, "--device", "cpu"])  # with metrics.json: the per-part charts too
+    assert "filter_parts.png" in os.listdir(os.path.join(interp, "figures"))
+    cli_main(["report", interp, "--baseline", base, "--device", "cpu"])
+    page = open(os.path.join(interp, "report", "report.html")).read()
+    assert "<svg" in page and "data:image/png;base64," in page and "mean group-part IoU" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    interp, base = runs
+    cli_main(["report", interp, "--baseline", base, "--device", "cpu", "--out", str(tmp_path / "r")])
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", f"--screenshot={shot}",
+           f"file://{tmp_path / 'r' / 'report.html'}"]
+    subprocess.run(cmd, check=True, timeout=120, capture_output=True)
+    img = Image.open(shot).convert("L")
+    assert img.size == (1200, 1600)
+    lo, hi = img.getextrema()
+    assert hi - lo > 100  # something was drawn: text, tables and images, not a blank page
+    # the embedded pictures decode: many distinct grey levels, unlike a text-only page
+    assert sum(1 for n in img.histogram() if n) > 64
