@@ -113,8 +113,10 @@ def test_fid_and_kid():
 def test_inception_extractor_loads_a_local_weights_file(tmp_path):
     tv = pytest.importorskip("torchvision")
     model = tv.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    state = model.state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)  # pytorch-fid's 1008 classes
     path = tmp_path / "inception.pt"
-    torch.save(model.state_dict(), path)
+    torch.save(state, path)
     ext = InceptionExtractor(str(path))
     feats = ext(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()

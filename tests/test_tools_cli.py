@@ -85,3 +85,14 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert hi - lo > 100  # something was drawn: text, tables and images, not a blank page
     # the embedded pictures decode: many distinct grey levels, unlike a text-only page
     assert sum(1 for n in img.histogram() if n) > 64
+
+
+def test_eval_without_part_labels_uses_thresholded_activations(runs):
+    """On data without part masks (no segmenter), locality's region is the group's thresholded activation."""
+    from interpgan_ext.metrics import evaluate_run
+
+    run = load_run(runs[0], device="cpu")
+    m = evaluate_run(run, segmenter=None, extractor=None, n_images=16, n_pairs=4, batch_size=8, progress=False)
+    assert "dissection" not in m and "realism" not in m
+    assert len(m["locality"]) == sum(1 for s in m["group_sizes"] if s > 0)
+    assert all(e["part"] is None and e["n"] > 0 and e["ratio"] >= 0 for e in m["locality"])

@@ -5,7 +5,8 @@ features, so a uniform random sample of at most `kid_max` of them is kept per se
 
 Extractors (callables: images [B, 3, S, S] in [-1, 1] -> features [B, D], with a `.label`):
 - `InceptionExtractor(weights_path)`: torchvision's Inception-v3 pool features (2048-d), from a local weights
-  file (e.g. pytorch-fid's converted FID Inception weights, or torchvision's). Nothing is downloaded.
+  file: torchvision's, or pytorch-fid's FID Inception state dict (same parameter names; pytorch-fid's own
+  blocks pool slightly differently, so its numbers are matched closely, not bit for bit). Nothing is downloaded.
 - `DomainExtractor(segmenter)`: the SynthFaces segmenter's encoder. Its FID is only comparable with itself,
   and every output says so through its label.
 """
@@ -95,7 +96,9 @@ class InceptionExtractor:
             raise FileNotFoundError(f"InceptionExtractor: no weights file at {weights_path}")
         model = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+        # the classifier heads are not used (pool features only), and differ between checkpoints: pytorch-fid's
+        # FID Inception has 1008 classes, torchvision's 1000
+        state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "fc."))}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if [k for k in missing if not k.startswith("fc.")] or unexpected:
             raise ValueError(f"InceptionExtractor: {weights_path} is not an Inception-v3 state dict "
