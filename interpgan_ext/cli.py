@@ -1,4 +1,4 @@
-"""Command line: `interpgan train | swap | visualize | eval | report | info`."""
+"""Command line: `interpgan train | swap | visualize | eval | report | info`, and the analysis verbs\n`sefa | ganspace | latent-shift | invert | ace` (interpgan_ext/analysis/cli.py)."""
 import argparse
 import json
 import os
@@ -221,13 +221,18 @@ def main(argv=None):
     rp.add_argument("run")
     rp.add_argument("--baseline", default=None)
     rp.add_argument("--out", default=None, help="folder (default RUN/report)")
-    for p in (sw, vi, ev, rp):
+    from .analysis.cli import add_parsers
+
+    analysis_verbs, analysis_parsers = add_parsers(sub)
+    for p in (sw, vi, ev, rp, *analysis_parsers):
         p.add_argument("--device", default="auto")
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.command == "info":
         print(_backend.info())
         print(f"cuda_available       : {torch.cuda.is_available()}")
+    elif args.command in analysis_verbs:
+        analysis_verbs[args.command](_load(args.run, args.device), args)
     else:
         {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "report": _report}[args.command](args)
 

@@ -96,3 +96,16 @@ def test_eval_without_part_labels_uses_thresholded_activations(runs):
     assert "dissection" not in m and "realism" not in m
     assert len(m["locality"]) == sum(1 for s in m["group_sizes"] if s > 0)
     assert all(e["part"] is None and e["n"] > 0 and e["ratio"] >= 0 for e in m["locality"])
+
+
+@pytest.mark.parametrize("verb,extra", [
+    ("sefa", ["--k", "2"]),
+    ("ganspace", ["--k", "2", "--samples", "64"]),
+    ("latent-shift", ["--k", "2", "--samples", "8", "--seg-steps", "30"]),
+    ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress"]),
+    ("ace", ["--samples", "4", "--top", "2", "--seg-steps", "30"]),
+])
+def test_analysis_verbs_write_pngs(runs, tmp_path, verb, extra):
+    out = str(tmp_path / f"{verb}.png")
+    cli_main([verb, runs[0], *extra, "--out", out, "--device", "cpu"])
+    assert Image.open(out).size[0] > 32

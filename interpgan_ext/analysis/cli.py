@@ -1,0 +1,174 @@
+"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace RUN ...`.
+Each writes a PNG (and prints its numbers)."""
+import os
+import sys
+
+import torch
+from torch import nn
+
+from ..viz import labelled_rows
+
+
+def default_sefa_layers(G: nn.Module, z_dim: int):
+    """The style affines of a style-based G (directions in w), else the first Linear that reads z."""
+    affines = [n for n, m in G.named_modules() if isinstance(m, nn.Linear) and n.endswith("affine")]
+    if affines:
+        return affines, affines
+    for n, m in G.named_modules():
+        if isinstance(m, nn.Linear) and m.in_features == z_dim:
+            return [n], None
+    sys.exit("interpgan sefa: no Linear layer reads the latent; name the layers with --layers")
+
+
+def _direction_grid(run, directions, strengths, path, layers=None, n_images=4, seed=0):
+    from .directions import edit_along
+
+    z = run.latents(n_images, seed)
+    rows, labels = [], []
+    for k, d in enumerate(directions):
+        imgs = edit_along(run.G, z, d.to(run.device), strengths, layers)  # [A, B, 3, S, S]
+        for b in range(min(2, n_images)):
+            rows.append(imgs[:, b])
+            labels.append(f"dir {k} #{b}")
+    return labelled_rows(rows, labels, path, scale=max(1, 64 // run.G(z[:1]).shape[-1]), label_width=70,
+                         header=[f"{a:+g}" for a in strengths])
+
+
+def sefa_cmd(run, args):
+    from .directions import linear_weights, sefa
+
+    names, shift_layers = (args.layers, args.layers if args.in_layers else None) if args.layers else \
+        default_sefa_layers(run.G, run.z_dim)
+    dirs, evals = sefa(linear_weights(run.G, names), args.k)
+    path = _direction_grid(run, dirs, args.strengths, args.out or os.path.join(run.path, "sefa.png"), shift_layers,
+                           seed=args.seed)
+    print(f"SeFa over {len(names)} layer(s) ({names[0]}...): top eigenvalues "
+          + ", ".join(f"{v:.3g}" for v in evals.tolist()) + f"\nwrote {path}")
+    return dirs, shift_layers
+
+
+def ganspace_cmd(run, args):
+    from .directions import ganspace
+
+    z = run.latents(args.samples, args.seed + 1)
+    dirs, ratio = ganspace(z, run.G, args.layer or run.layer, n_components=args.k)
+    path = _direction_grid(run, dirs, args.strengths, args.out or os.path.join(run.path, "ganspace.png"), seed=args.seed)
+    print(f"GANSpace on {args.layer or run.layer}: explained variance " + ", ".join(f"{v:.3f}" for v in ratio.tolist())
+          + f"\nwrote {path}")
+    return dirs
+
+
+def latent_shift_cmd(run, args):
+    """Masks from the direction that best segments the background, among the top SeFa directions (both signs),
+    scored against the segmenter's background labels."""
+    from ..data import PARTS
+    from ..metrics import load_or_train_segmenter
+    from ..viz import label_overlay
+    from .directions import linear_weights, sefa
+    from .latent_shift import latent_shift_masks, mask_iou
+
+    names, layers = default_sefa_layers(run.G, run.z_dim)
+    if layers is not None:
+        sys.exit("interpgan latent-shift: needs directions in z (a G whose first Linear reads z)")
+    dirs, _ = sefa(linear_weights(run.G, names), args.k)
+    seg, _ = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
+                                     progress=False)
+    z = run.latents(args.samples, args.seed)
+    with torch.no_grad():
+        bg = seg.segment(run.G(z)) == PARTS.index("background")
+    scores = []
+    for k, d in enumerate(dirs):
+        for sign in (1, -1):
+            m = latent_shift_masks(run.G, z, sign * args.shift * d.to(run.device))
+            scores.append((mask_iou(m, bg), k, sign, m))
+    iou, k, sign, masks = max(scores, key=lambda s: s[0])
+    x = run.G(z[:8]).detach()
+    path = labelled_rows([x, label_overlay(x, masks[:8].long(), 2), label_overlay(x, bg[:8].long(), 2)],
+                         ["images", "shift mask", "segmenter bg"], args.out or os.path.join(run.path, "latent_shift.png"),
+                         scale=max(1, 64 // x.shape[-1]), label_width=90)
+    print(f"best background direction: SeFa {k} x {sign:+d} * {args.shift}: IoU with the background {iou:.3f}"
+          f"\nwrote {path}")
+    return iou
+
+
+def invert_cmd(run, args):
+    from ..data import build_dataset
+    from .inversion import invert, train_encoder
+
+    data = build_dataset(args.images, run.meta["size"], n=args.n, seed=args.seed + 5)
+    x = torch.stack([data[i][0] if isinstance(data[i], (tuple, list)) else data[i] for i in range(min(args.n, len(data)))])
+    x = x.to(run.device)
+    E = train_encoder(run.G, run.z_dim, run.meta["size"], steps=args.encoder_steps, device=run.device,
+                      progress=not args.no_progress)
+    with torch.no_grad():
+        guess = run.G(E(x))
+    z, rec, err = invert(run.G, x, run.z_dim, steps=args.steps, encoder=E)
+    path = labelled_rows([x, guess, rec], ["target", "encoder", "optimised"],
+                         args.out or os.path.join(run.path, "inversion.png"), scale=max(1, 64 // x.shape[-1]),
+                         label_width=80)
+    print(f"inverted {len(x)} images from {args.images}: pixel MSE mean {err.mean():.4f}\nwrote {path}")
+    return z
+
+
+def ace_cmd(run, args):
+    from ..data import PARTS
+    from ..edit import deterministic, generate
+    from ..metrics import load_or_train_segmenter
+    from .causal import ablate_units, rank_units_by_ace
+
+    if args.part not in PARTS:
+        sys.exit(f"interpgan ace: unknown part {args.part!r}; choose from {PARTS}")
+    p = PARTS.index(args.part)
+    seg, _ = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
+                                     progress=False)
+    score = lambda x: (seg.segment(x) == p).float().mean((1, 2))  # noqa: E731
+    z = run.latents(args.samples, args.seed)
+    with torch.no_grad(), deterministic(run.G):
+        _, f = generate(run.G, run.layer, z)
+    insert = f.float().amax(dim=(0, 2, 3))  # each unit at its strongest activation
+    units, ace = rank_units_by_ace(run.G, run.layer, score, z, insert)
+    top = units[: args.top]
+    x = run.G(z[:8]).detach()
+    with torch.no_grad(), deterministic(run.G):
+        xa, _ = generate(run.G, run.layer, z[:8], edit=ablate_units(top))
+    path = labelled_rows([x, xa], ["images", f"top {len(top)} ablated"], args.out or os.path.join(run.path, f"ace_{args.part}.png"),
+                         scale=max(1, 64 // x.shape[-1]), label_width=90)
+    print(f"units with the largest causal effect on {args.part}: "
+          + ", ".join(f"{int(u)} ({a:+.3f})" for u, a in zip(top, ace[: args.top])) + f"\nwrote {path}")
+    return units, ace
+
+
+def add_parsers(sub):
+    """The analysis verbs, added to interpgan's sub-parsers; returns {verb: handler(run, args)}."""
+    sf = sub.add_parser("sefa", help="SeFa closed-form directions, shown as edits (PNG)")
+    sf.add_argument("--layers", nargs="+", default=None, help="Linear layers (default: the style affines, or the "
+                    "first Linear reading z)")
+    sf.add_argument("--in-layers", action="store_true", help="move the named layers' inputs instead of z")
+    gs = sub.add_parser("ganspace", help="GANSpace PCA directions regressed to z, shown as edits (PNG)")
+    gs.add_argument("--layer", default=None, help="layer whose activations are analysed (default: the run's)")
+    gs.add_argument("--samples", type=int, default=2000)
+    ls = sub.add_parser("latent-shift", help="background masks from a latent shift, scored against the segmenter")
+    ls.add_argument("--shift", type=float, default=3.0)
+    ls.add_argument("--samples", type=int, default=64)
+    ls.add_argument("--seg-steps", type=int, default=1500)
+    iv = sub.add_parser("invert", help="invert real images (a folder, or lfw) with an encoder and optimisation")
+    iv.add_argument("--images", default="synth-faces", help="synth-faces | lfw | a folder of images")
+    iv.add_argument("--n", type=int, default=8)
+    iv.add_argument("--steps", type=int, default=200)
+    iv.add_argument("--encoder-steps", type=int, default=500)
+    iv.add_argument("--no-progress", action="store_true")
+    ac = sub.add_parser("ace", help="units ranked by their average causal effect on a part; top ones ablated (PNG)")
+    ac.add_argument("--part", default="hair")
+    ac.add_argument("--samples", type=int, default=32)
+    ac.add_argument("--top", type=int, default=8)
+    ac.add_argument("--seg-steps", type=int, default=1500)
+    for p in (sf, gs):
+        p.add_argument("--k", type=int, default=5, help="number of directions")
+        p.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0])
+    ls.add_argument("--k", type=int, default=5, help="SeFa directions to try")
+    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac}
+    for p in parsers.values():
+        p.add_argument("run")
+        p.add_argument("--out", default=None, help="PNG path (default: in the run directory)")
+    return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
+            "ace": ace_cmd}, list(parsers.values())
