@@ -104,6 +104,8 @@ def test_eval_without_part_labels_uses_thresholded_activations(runs):
     ("latent-shift", ["--k", "2", "--samples", "8", "--seg-steps", "30"]),
     ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress"]),
     ("ace", ["--samples", "4", "--top", "2", "--seg-steps", "30"]),
+    ("boundaries", ["--attributes", "skin_tone", "glasses", "--condition", "hair_color", "--samples", "200",
+                    "--share", "0.1", "--clf-steps", "10"]),
 ])
 def test_analysis_verbs_write_pngs(runs, tmp_path, verb, extra):
     out = str(tmp_path / f"{verb}.png")

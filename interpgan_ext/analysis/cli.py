@@ -1,4 +1,4 @@
-"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace RUN ...`.
+"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace | boundaries RUN ...`.
 Each writes a PNG (and prints its numbers)."""
 import os
 import sys
@@ -138,6 +138,39 @@ def ace_cmd(run, args):
     return units, ace
 
 
+def boundaries_cmd(run, args):
+    """InterFaceGAN on the run: attribute scores of G's samples from the SynthFaces attribute classifier, one
+    SVM boundary per attribute, re-scoring (Delta a) of every boundary, and edits along each (PNG)."""
+    from ..data import ATTRIBUTES
+    from .attributes import load_or_train_attribute_classifier
+    from .directions import conditional_boundary, rescoring, svm_boundary
+
+    clf, held_out = load_or_train_attribute_classifier(run.path, run.meta["size"], device=run.device,
+                                                       steps=args.clf_steps, progress=False)
+    z = run.latents(args.samples, args.seed + 1)
+    with torch.no_grad():
+        scores = torch.cat([clf.scores(run.G(zb)) for zb in z.split(256)]).cpu()
+    names = args.attributes or list(ATTRIBUTES)
+    normals, accs = {}, {}
+    for a in names:
+        normals[a], accs[a] = svm_boundary(z.cpu(), scores[:, ATTRIBUTES.index(a)], share=args.share)
+    if args.condition:
+        cond = [normals.get(c) if c in normals else svm_boundary(z.cpu(), scores[:, ATTRIBUTES.index(c)],
+                                                                   share=args.share)[0] for c in args.condition]
+        normals = {a: (n if a in args.condition else conditional_boundary(n, *cond)) for a, n in normals.items()}
+    zt = run.latents(64, args.seed + 2)
+    delta = torch.stack([rescoring(run.G, zt, normals[a].to(run.device), clf.scores, alpha=args.alpha).cpu()
+                         for a in names])  # [boundary, attribute]
+    print(f"{'boundary':<12} {'svm acc':>8} {'own delta a':>12}  (delta a of each attribute when moving {args.alpha:g})")
+    for i, a in enumerate(names):
+        print(f"{a:<12} {accs[a]:>8.3f} {float(delta[i, ATTRIBUTES.index(a)]):>12.3f}  "
+              + " ".join(f"{b[:5]}={float(v):+.2f}" for b, v in zip(ATTRIBUTES, delta[i])))
+    path = _direction_grid(run, [normals[a] for a in names], args.strengths,
+                           args.out or os.path.join(run.path, "boundaries.png"), n_images=2, seed=args.seed)
+    print(f"rows: {', '.join(names)} (two images each)\nwrote {path}")
+    return normals, delta
+
+
 def add_parsers(sub):
     """The analysis verbs, added to interpgan's sub-parsers; returns {verb: handler(run, args)}."""
     sf = sub.add_parser("sefa", help="SeFa closed-form directions, shown as edits (PNG)")
@@ -166,9 +199,17 @@ def add_parsers(sub):
         p.add_argument("--k", type=int, default=5, help="number of directions")
         p.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0])
     ls.add_argument("--k", type=int, default=5, help="SeFa directions to try")
-    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac}
+    bd = sub.add_parser("boundaries", help="InterFaceGAN: SVM attribute boundaries, re-scoring, edits (PNG)")
+    bd.add_argument("--attributes", nargs="+", default=None, help="default: all SynthFaces attributes")
+    bd.add_argument("--condition", nargs="+", default=None, help="attributes to hold fixed (projected out)")
+    bd.add_argument("--samples", type=int, default=5000)
+    bd.add_argument("--share", type=float, default=0.02, help="top and bottom share of samples for the SVM")
+    bd.add_argument("--alpha", type=float, default=3.0, help="step for re-scoring")
+    bd.add_argument("--clf-steps", type=int, default=800)
+    bd.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0])
+    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd}
     for p in parsers.values():
         p.add_argument("run")
         p.add_argument("--out", default=None, help="PNG path (default: in the run directory)")
     return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
-            "ace": ace_cmd}, list(parsers.values())
+            "ace": ace_cmd, "boundaries": boundaries_cmd}, list(parsers.values())

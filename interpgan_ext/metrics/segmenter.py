@@ -6,7 +6,6 @@ and caches it (weights and held-out scores) in the run directory. On other data,
 maps images [B, 3, S, S] in [-1, 1] to label maps [B, S, S].
 """
 import os
-import time
 from typing import Optional
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import PARTS, SynthFaces
+from ._cache import load_or_train
 
 MIN_MIOU = 0.9  # below this the segmenter's labels are not trusted for measurement
 
@@ -117,21 +117,10 @@ def load_or_train_segmenter(cache_dir: Optional[str], size: int, device="cpu", s
                             progress: bool = True, **train_kw):
     """(segmenter, held-out scores). Loads `cache_dir/segmenter_{size}px.pt` if present, else trains and saves
     it there (atomically). `cache_dir=None` trains without caching."""
-    path = os.path.join(cache_dir, f"segmenter_{size}px.pt") if cache_dir else None
-    if path and os.path.exists(path):
-        state = torch.load(path, map_location=device, weights_only=False)
-        if state.get("steps") == steps:
-            model = PartSegmenter(width=state["width"]).to(device)
-            model.load_state_dict(state["model"])
-            return model.eval(), state["scores"]
-    t0 = time.perf_counter()
-    model = train_segmenter(size, steps=steps, device=device, progress=progress, **train_kw)
-    scores = evaluate_segmenter(model, size, device=device)
-    scores["train_seconds"] = time.perf_counter() - t0
-    if path:
-        from ..trainer import atomic_save
-
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_save({"model": model.state_dict(), "width": model.enc1[0].out_channels, "steps": steps,
-                     "size": size, "scores": scores}, path)
-    return model, scores
+    width = train_kw.get("width", 32)
+    return load_or_train(
+        os.path.join(cache_dir, f"segmenter_{size}px.pt") if cache_dir else None, steps,
+        build=lambda saved: PartSegmenter(width=saved["width"]),
+        train=lambda: train_segmenter(size, steps=steps, device=device, progress=progress, **train_kw),
+        evaluate=lambda m: evaluate_segmenter(m, size, device=device), device=device,
+        extra={"width": width, "size": size})
