@@ -169,3 +169,71 @@ def test_attribute_classifier_learns_synthfaces(tmp_path):
     binary = [v["accuracy"] for v in scores.values() if isinstance(v, dict) and "accuracy" in v]
     assert sum(binary) / len(binary) > 0.7  # always guessing the majority class averages 0.65 over these five
     assert (tmp_path / "attributes_16px.pt").exists()
+
+
+def test_learned_directions_are_told_apart():
+    from interpgan_ext.analysis.learned import learn_directions
+
+    A, _ = planted()
+    G = LinearG(A)
+    dirs, _, acc = learn_directions(G, 6, K=3, steps=250, batch_size=32, lr=3e-3)
+    assert dirs.shape == (3, 6) and torch.allclose(dirs @ dirs.T, torch.eye(3), atol=1e-5)  # orthonormal
+    assert acc > 0.8  # chance is 1/3
+
+
+def test_brightness_walk_finds_the_planted_direction():
+    from interpgan_ext.analysis.learned import EDITS, learn_walk
+
+    gen = torch.Generator().manual_seed(6)
+    B = 0.05 * torch.randn(192, 6, generator=gen)  # images well inside [-1, 1], so the edit's clamp stays idle
+    B = B - B.mean(0)  # columns that change the image without changing its mean...
+    B[:, 0] = 0.1  # ...except z_0, which brightens every pixel
+    G = LinearG(B)
+    w, loss = learn_walk(G, 6, "brightness", steps=300, max_alpha=0.3)
+    assert cos(w, torch.eye(6)[0]) >= 0.99 and loss < 1e-3
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert torch.allclose(EDITS["zoom"](x, 0.0), x, atol=1e-5) and torch.allclose(EDITS["shift"](x, 0.0), x, atol=1e-5)
+    with pytest.raises(ValueError, match="edit must be"):
+        learn_walk(G, 6, "rotate", steps=1)
+
+
+class TinyImageText(nn.Module):
+    """A randomly initialised image-text model with the open_clip interface, small enough to script and save."""
+
+    image_size: int
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.image_size = 16
+        self.img = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(32, dim))
+        self.tok = nn.EmbeddingBag(257, dim)
+
+    @torch.jit.export
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.img(x)
+
+    @torch.jit.export
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(x)
+
+
+def test_text_edit_loads_a_local_model_and_lowers_the_text_loss(tmp_path):
+    from interpgan_ext.analysis.text_edit import byte_tokens, load_image_text_model, text_edit
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "tiny_clip.pt")
+    torch.jit.script(TinyImageText()).save(path)
+    model, tokenizer, size = load_image_text_model(path)
+    assert size == 16 and tokenizer is byte_tokens
+    tokens = tokenizer(["a face with red hair"])
+    assert tokens.shape == (1, 32) and tokens[0, 0] == ord("a") + 1 and tokens[0, -1] == 0
+    G = SmallG()
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(7))
+    z_new, x, hist = text_edit(G, z, model, tokens, size, steps=60, lr=0.05, l2_weight=0.001)
+    assert hist[-1] < hist[0] and not torch.allclose(z_new, z) and x.shape == (4, 3, 8, 8)
+    with pytest.raises(ImportError, match="open_clip"):
+        load_image_text_model("open_clip:ViT-B-32:/nonexistent.pt")

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 from PIL import Image
 
 from interpgan_ext.cli import main as cli_main
@@ -102,7 +103,10 @@ def test_eval_without_part_labels_uses_thresholded_activations(runs):
     ("sefa", ["--k", "2"]),
     ("ganspace", ["--k", "2", "--samples", "64"]),
     ("latent-shift", ["--k", "2", "--samples", "8", "--seg-steps", "30"]),
-    ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress"]),
+    ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress", "--swap-group", "0"]),
+    ("invert", ["--images", "lfw", "--n", "2", "--steps", "3", "--encoder-steps", "3", "--no-progress"]),
+    ("learn-directions", ["--k", "2", "--steps", "5"]),
+    ("steer", ["--edit", "zoom", "--steps", "5"]),
     ("ace", ["--samples", "4", "--top", "2", "--seg-steps", "30"]),
     ("boundaries", ["--attributes", "skin_tone", "glasses", "--condition", "hair_color", "--samples", "200",
                     "--share", "0.1", "--clf-steps", "10"]),
@@ -111,3 +115,16 @@ def test_analysis_verbs_write_pngs(runs, tmp_path, verb, extra):
     out = str(tmp_path / f"{verb}.png")
     cli_main([verb, runs[0], *extra, "--out", out, "--device", "cpu"])
     assert Image.open(out).size[0] > 32
+
+
+def test_text_edit_verb_with_a_local_torchscript_model(runs, tmp_path):
+    from test_analysis import TinyImageText
+
+    model = str(tmp_path / "tiny.pt")
+    torch.jit.script(TinyImageText()).save(model)
+    out = str(tmp_path / "text.png")
+    cli_main(["text-edit", runs[0], "--model", model, "--text", "red hair", "--steps", "5", "--out", out,
+              "--device", "cpu"])
+    assert Image.open(out).size[0] > 32
+    with pytest.raises(SystemExit, match="cannot load"):
+        cli_main(["text-edit", runs[0], "--model", str(tmp_path / "missing.pt"), "--text", "x", "--device", "cpu"])

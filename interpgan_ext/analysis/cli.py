@@ -1,4 +1,5 @@
-"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace | boundaries RUN ...`.
+"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace | boundaries | learn-directions | steer |
+text-edit RUN ...`.
 Each writes a PNG (and prints its numbers)."""
 import os
 import sys
@@ -103,7 +104,15 @@ def invert_cmd(run, args):
     with torch.no_grad():
         guess = run.G(E(x))
     z, rec, err = invert(run.G, x, run.z_dim, steps=args.steps, encoder=E)
-    path = labelled_rows([x, guess, rec], ["target", "encoder", "optimised"],
+    rows, labels = [x, guess, rec], ["target", "encoder", "optimised"]
+    if args.swap_group is not None:  # edit the inverted images: each takes the group from the next one
+        from ..edit import swap_concept
+        from ..runs import partition_of
+
+        res = swap_concept(run.G, run.layer, z, z.roll(-1, 0), groups=args.swap_group, q=partition_of(run))
+        rows.append(res.edited_a)
+        labels.append(f"swap g{','.join(map(str, args.swap_group))}")
+    path = labelled_rows(rows, labels,
                          args.out or os.path.join(run.path, "inversion.png"), scale=max(1, 64 // x.shape[-1]),
                          label_width=80)
     print(f"inverted {len(x)} images from {args.images}: pixel MSE mean {err.mean():.4f}\nwrote {path}")
@@ -171,6 +180,45 @@ def boundaries_cmd(run, args):
     return normals, delta
 
 
+def learn_directions_cmd(run, args):
+    from .learned import learn_directions
+
+    dirs, _, acc = learn_directions(run.G, run.z_dim, args.k, steps=args.steps, kind=args.kind, device=run.device,
+                                    seed=args.seed)
+    path = _direction_grid(run, dirs, args.strengths, args.out or os.path.join(run.path, "learned_directions.png"),
+                           n_images=2, seed=args.seed)
+    print(f"learned {args.k} {args.kind} directions; the reconstructor tells them apart {acc:.1%} of the time"
+          f"\nwrote {path}")
+    return dirs
+
+
+def steer_cmd(run, args):
+    from .learned import learn_walk
+
+    w, loss = learn_walk(run.G, run.z_dim, args.edit, steps=args.steps, device=run.device, seed=args.seed)
+    path = _direction_grid(run, [w / w.norm().clamp_min(1e-12)], [a * float(w.norm()) for a in (-1, -0.5, 0, 0.5, 1)],
+                           args.out or os.path.join(run.path, f"steer_{args.edit}.png"), n_images=2, seed=args.seed)
+    print(f"walk for {args.edit}: |w| = {float(w.norm()):.3f}, final loss {loss:.4f}\nwrote {path}")
+    return w
+
+
+def text_edit_cmd(run, args):
+    from .text_edit import load_image_text_model, text_edit
+
+    try:
+        model, tokenizer, size = load_image_text_model(args.model, device=run.device)
+    except (ImportError, ValueError, RuntimeError, FileNotFoundError) as e:
+        sys.exit(f"interpgan text-edit: cannot load the image-text model: {e}")
+    z = run.latents(args.n, args.seed)
+    with torch.no_grad():
+        before = run.G(z)
+    _, after, hist = text_edit(run.G, z, model, tokenizer([args.text]), size, steps=args.steps, lr=args.lr)
+    path = labelled_rows([before, after], ["before", "after"], args.out or os.path.join(run.path, "text_edit.png"),
+                         scale=max(1, 64 // before.shape[-1]), label_width=60)
+    print(f"text loss {hist[0]:.4f} -> {hist[-1]:.4f} for {args.text!r}\nwrote {path}")
+    return hist
+
+
 def add_parsers(sub):
     """The analysis verbs, added to interpgan's sub-parsers; returns {verb: handler(run, args)}."""
     sf = sub.add_parser("sefa", help="SeFa closed-form directions, shown as edits (PNG)")
@@ -190,6 +238,8 @@ def add_parsers(sub):
     iv.add_argument("--steps", type=int, default=200)
     iv.add_argument("--encoder-steps", type=int, default=500)
     iv.add_argument("--no-progress", action="store_true")
+    iv.add_argument("--swap-group", type=int, nargs="+", default=None,
+                    help="then swap these groups between consecutive inverted images")
     ac = sub.add_parser("ace", help="units ranked by their average causal effect on a part; top ones ablated (PNG)")
     ac.add_argument("--part", default="hair")
     ac.add_argument("--samples", type=int, default=32)
@@ -207,9 +257,25 @@ def add_parsers(sub):
     bd.add_argument("--alpha", type=float, default=3.0, help="step for re-scoring")
     bd.add_argument("--clf-steps", type=int, default=800)
     bd.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0])
-    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd}
+    ld = sub.add_parser("learn-directions", help="unsupervised directions (Voynov & Babenko), shown as edits")
+    ld.add_argument("--k", type=int, default=5)
+    ld.add_argument("--steps", type=int, default=500)
+    ld.add_argument("--kind", default="ortho", choices=["ortho", "linear"])
+    ld.add_argument("--strengths", type=float, nargs="+", default=[-6.0, -3.0, 0.0, 3.0, 6.0])
+    st = sub.add_parser("steer", help="a walk in z that zooms, shifts, brightens or reddens (Jahanian et al.)")
+    st.add_argument("--edit", default="brightness", choices=["zoom", "shift", "brightness", "color"])
+    st.add_argument("--steps", type=int, default=300)
+    te = sub.add_parser("text-edit", help="StyleCLIP-style latent optimisation towards a text (local model only)")
+    te.add_argument("--model", required=True, help="open_clip:ARCH:/path/weights.pt, or a TorchScript file")
+    te.add_argument("--text", required=True)
+    te.add_argument("--n", type=int, default=4)
+    te.add_argument("--steps", type=int, default=100)
+    te.add_argument("--lr", type=float, default=0.05)
+    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
+               "learn-directions": ld, "steer": st, "text-edit": te}
     for p in parsers.values():
         p.add_argument("run")
         p.add_argument("--out", default=None, help="PNG path (default: in the run directory)")
     return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
-            "ace": ace_cmd, "boundaries": boundaries_cmd}, list(parsers.values())
+            "ace": ace_cmd, "boundaries": boundaries_cmd, "learn-directions": learn_directions_cmd,
+            "steer": steer_cmd, "text-edit": text_edit_cmd}, list(parsers.values())
