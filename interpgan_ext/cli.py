@@ -232,7 +232,10 @@ def main(argv=None):
         print(_backend.info())
         print(f"cuda_available       : {torch.cuda.is_available()}")
     elif args.command in analysis_verbs:
-        analysis_verbs[args.command](_load(args.run, args.device), args)
+        try:
+            analysis_verbs[args.command](_load(args.run, args.device), args)
+        except ValueError as e:
+            sys.exit(f"interpgan {args.command}: {e}")
     else:
         {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "report": _report}[args.command](args)
 

@@ -148,6 +148,12 @@ def write_report(run: Run, baseline: Optional[Run] = None, out_dir: Optional[str
                 ["part", "channels", "interpretable", "baseline collage"]))
     else:
         body.append("<p>No metrics.json: run <code>interpgan eval RUN</code> first for the metric tables.</p>")
+    comparison = _load_json(run.path, "compare.json")
+    if comparison:
+        from .analysis.compare import comparison_rows
+
+        body.append("<h2>Interpretability by other methods (interpgan compare)</h2>" + _table(
+            comparison_rows(comparison), ["metric", "interpretable", "baseline"]))
     logs = {run.name: run.log()}
     if baseline:
         logs[baseline.name] = baseline.log()
@@ -173,7 +179,11 @@ def write_report(run: Run, baseline: Optional[Run] = None, out_dir: Optional[str
 
 
 def _load_metrics(run_path: str) -> Optional[dict]:
-    p = os.path.join(run_path, "metrics.json")
+    return _load_json(run_path, "metrics.json")
+
+
+def _load_json(run_path: str, name: str) -> Optional[dict]:
+    p = os.path.join(run_path, name)
     if not os.path.exists(p):
         return None
     with open(p) as fh:

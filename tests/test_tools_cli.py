@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from interpgan_ext.cli import main as cli_main
+from interpgan_ext.data import PARTS
 from interpgan_ext.runs import load_run
 
 TINY = ["--size", "16", "--width", "8", "--steps", "10", "--batch-size", "8", "--n-groups", "3", "--gmm-every", "5",
@@ -61,9 +62,17 @@ def test_visualize_eval_report(runs):
         assert e["size"] == next(g["size"] for g in m["locality"] if g["group"] == e["interp_group"])
     cli_main(["visualize", interp, "--device", "cpu"])  # with metrics.json: the per-part charts too
     assert "filter_parts.png" in os.listdir(os.path.join(interp, "figures"))
+    cli_main(["compare", interp, base, "--images", "16", "--samples", "64", "--seg-steps", "30", "--clf-steps", "10",
+              "--device", "cpu"])
+    with open(os.path.join(interp, "compare.json")) as fh:
+        c = json.load(fh)
+    for side in ("interpretable", "baseline"):
+        assert set(c[side]["units_per_part"]) == set(PARTS) and len(c[side]["sefa_top_share"]) == 5
+        assert all(0 <= v <= 1 for v in c[side]["boundary_accuracy"].values())
     cli_main(["report", interp, "--baseline", base, "--device", "cpu"])
     page = open(os.path.join(interp, "report", "report.html")).read()
     assert "<svg" in page and "data:image/png;base64," in page and "mean group-part IoU" in page
+    assert "interpgan compare" in page
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,24 +1,11 @@
-"""CLI verbs of the analysis toolkit: `interpgan sefa | ganspace | latent-shift | invert | ace | boundaries | learn-directions | steer |
+"""CLI verbs of the analysis toolkit: `interpgan compare | sefa | ganspace | latent-shift | invert | ace | boundaries | learn-directions | steer |
 text-edit RUN ...`.
 Each writes a PNG (and prints its numbers)."""
 import os
 import sys
 
 import torch
-from torch import nn
-
 from ..viz import labelled_rows
-
-
-def default_sefa_layers(G: nn.Module, z_dim: int):
-    """The style affines of a style-based G (directions in w), else the first Linear that reads z."""
-    affines = [n for n, m in G.named_modules() if isinstance(m, nn.Linear) and n.endswith("affine")]
-    if affines:
-        return affines, affines
-    for n, m in G.named_modules():
-        if isinstance(m, nn.Linear) and m.in_features == z_dim:
-            return [n], None
-    sys.exit("interpgan sefa: no Linear layer reads the latent; name the layers with --layers")
 
 
 def _direction_grid(run, directions, strengths, path, layers=None, n_images=4, seed=0):
@@ -36,7 +23,7 @@ def _direction_grid(run, directions, strengths, path, layers=None, n_images=4, s
 
 
 def sefa_cmd(run, args):
-    from .directions import linear_weights, sefa
+    from .directions import default_sefa_layers, linear_weights, sefa
 
     names, shift_layers = (args.layers, args.layers if args.in_layers else None) if args.layers else \
         default_sefa_layers(run.G, run.z_dim)
@@ -65,7 +52,7 @@ def latent_shift_cmd(run, args):
     from ..data import PARTS
     from ..metrics import load_or_train_segmenter
     from ..viz import label_overlay
-    from .directions import linear_weights, sefa
+    from .directions import default_sefa_layers, linear_weights, sefa
     from .latent_shift import latent_shift_masks, mask_iou
 
     names, layers = default_sefa_layers(run.G, run.z_dim)
@@ -219,6 +206,37 @@ def text_edit_cmd(run, args):
     return hist
 
 
+def compare_cmd(run, args):
+    import json
+
+    from ..metrics import load_or_train_segmenter
+    from ..runs import load_run
+    from ..trainer import atomic_write_json
+    from ..viz import bar_chart
+    from .attributes import load_or_train_attribute_classifier
+    from .compare import compare_runs, comparison_rows
+
+    base = load_run(args.baseline, device=str(run.device))
+    size = run.meta["size"]
+    seg, _ = load_or_train_segmenter(run.path, size, device=run.device, steps=args.seg_steps, progress=False)
+    clf, _ = load_or_train_attribute_classifier(run.path, size, device=run.device, steps=args.clf_steps,
+                                                progress=False)
+    c = compare_runs(run, base, seg.segment, clf, n_images=args.images, n_samples=args.samples, seed=args.seed)
+    path = args.out or os.path.join(run.path, "compare.json")
+    atomic_write_json(c, path)
+    rows = comparison_rows(c)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':<{width}}  {'interpretable':>14}  {'baseline':>14}")
+    for r in rows:
+        print(f"{r[0]:<{width}}  " + "  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in r[1:]))
+    for key in ("interpretable", "baseline"):
+        units = c[key]["units_per_part"]
+        bar_chart(list(units.values()), list(units), os.path.join(os.path.dirname(path), f"compare_units_{key}.png"),
+                  title=f"{key}: filters matching each part (IoU >= 0.1)")
+    print(f"wrote {path}")
+    return json.loads(json.dumps(c))
+
+
 def add_parsers(sub):
     """The analysis verbs, added to interpgan's sub-parsers; returns {verb: handler(run, args)}."""
     sf = sub.add_parser("sefa", help="SeFa closed-form directions, shown as edits (PNG)")
@@ -271,11 +289,17 @@ def add_parsers(sub):
     te.add_argument("--n", type=int, default=4)
     te.add_argument("--steps", type=int, default=100)
     te.add_argument("--lr", type=float, default=0.05)
-    parsers = {"sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
+    cp = sub.add_parser("compare", help="interpretable vs baseline run by dissection, SeFa/GANSpace and boundaries")
+    cp.add_argument("--images", type=int, default=500)
+    cp.add_argument("--samples", type=int, default=2000)
+    cp.add_argument("--seg-steps", type=int, default=1500)
+    cp.add_argument("--clf-steps", type=int, default=800)
+    parsers = {"compare": cp, "sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
                "learn-directions": ld, "steer": st, "text-edit": te}
     for p in parsers.values():
         p.add_argument("run")
-        p.add_argument("--out", default=None, help="PNG path (default: in the run directory)")
+        p.add_argument("--out", default=None, help="output path (default: in the run directory)")
+    cp.add_argument("baseline", help="the baseline run (lambda0 = 0)")
     return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
             "ace": ace_cmd, "boundaries": boundaries_cmd, "learn-directions": learn_directions_cmd,
-            "steer": steer_cmd, "text-edit": text_edit_cmd}, list(parsers.values())
+            "steer": steer_cmd, "text-edit": text_edit_cmd, "compare": compare_cmd}, list(parsers.values())

@@ -94,6 +94,35 @@ def svm_boundary(latents: torch.Tensor, scores: torch.Tensor, share: float = 0.0
     return normal / normal.norm(), float(svm.score(X, y))
 
 
+def boundary_quality(latents: torch.Tensor, scores: torch.Tensor, share: float = 0.02, seed: int = 0) -> float:
+    """Held-out accuracy of an InterFaceGAN boundary: an SVM fitted on the extremes of one half of the samples,
+    tested on the extremes of the other half."""
+    from sklearn.svm import LinearSVC
+
+    half = len(scores) // 2
+
+    def extremes(z, s):
+        n = max(2, int(round(len(s) * share)))
+        order = torch.argsort(s.detach().cpu())
+        return torch.cat([z[order[:n]], z[order[-n:]]]).detach().cpu().double().numpy(), [0] * n + [1] * n
+
+    Xa, ya = extremes(latents[:half], scores[:half])
+    Xb, yb = extremes(latents[half:], scores[half:])
+    return float(LinearSVC(random_state=seed, max_iter=10000).fit(Xa, ya).score(Xb, yb))
+
+
+def default_sefa_layers(G: nn.Module, z_dim: int):
+    """(Linear layers for SeFa, layers whose input an edit shifts or None for z): a style-based G's affines
+    (directions in w), else the first Linear that reads z."""
+    affines = [n for n, m in G.named_modules() if isinstance(m, nn.Linear) and n.endswith("affine")]
+    if affines:
+        return affines, affines
+    for n, m in G.named_modules():
+        if isinstance(m, nn.Linear) and m.in_features == z_dim:
+            return [n], None
+    raise ValueError("default_sefa_layers: no Linear layer reads the latent; name the layers")
+
+
 def conditional_boundary(primary: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
     """The primary direction with the condition directions projected out (Gram-Schmidt on the conditions),
     renormalised: editing along it leaves the conditioned attributes unchanged to first order."""
