@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import SynthFaces
 from .energy import EnergyModel
+from ._progress import progress_bar
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
 from .sampler import FeatureExtractor, LangevinSampler
@@ -387,7 +388,7 @@ class Trainer:
         total = steps or self.cfg.steps
         main = self.is_main
         writer = _tensorboard(self.out_dir) if main else None
-        bar = _progress(total, self.step, progress and main)
+        bar = progress_bar(total, "train", progress and main, initial=self.step)
         logs, t0, n_images = {}, time.perf_counter(), 0
         log_path = os.path.join(self.out_dir, "log.jsonl") if main else os.devnull
         with open(log_path, "a") as log_file:
@@ -409,25 +410,13 @@ class Trainer:
                     self.save_samples()
                 if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
                     self.save_checkpoint()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
-                                     if k in logs})
-        if bar is not None:
-            bar.close()
+                bar.update(1)
+                bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
+                                 if k in logs})
+        bar.close()
         if writer is not None:
             writer.close()
         return logs
-
-
-def _progress(total, start, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _tensorboard(out_dir):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ATTRIBUTES, SynthFaces
-from ..metrics._cache import load_or_train
+from ..metrics._cache import load_or_train, train_on_synthfaces
 
 BINARY = ("smile", "mouth_open", "eyes_open", "glasses", "long_hair")
 _IS_BINARY = torch.tensor([a in BINARY for a in ATTRIBUTES])
@@ -49,28 +49,9 @@ def _loss(out, target):
 def train_attribute_classifier(size: int, steps: int = 800, batch_size: int = 64, lr: float = 3e-3, device="cpu",
                                seed: int = 0, progress: bool = True) -> AttributeClassifier:
     torch.manual_seed(seed)
-    data = SynthFaces(size, n=max(steps * batch_size, 1), seed=seed + 2000)
-    model = AttributeClassifier().to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.15)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="attributes", unit="step", dynamic_ncols=True)
-    for t in range(steps):
-        idx = torch.arange(t * batch_size, (t + 1) * batch_size) % data.n
-        x, _ = data.render(idx, device=device)
-        loss = _loss(model(x), data.attributes(idx).to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return model.eval()
+    return train_on_synthfaces(AttributeClassifier(), size, steps, lambda out, _, attrs: _loss(out, attrs),
+                               batch_size=batch_size, lr=lr, data_seed=seed + 2000, device=device, progress=progress,
+                               desc="attributes")
 
 
 @torch.no_grad()

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import progress_bar
+
 
 class Encoder(nn.Module):
     """Images [B, 3, S, S] in [-1, 1] -> latents [B, z_dim]: strided convs, then a linear head."""
@@ -38,12 +40,7 @@ def train_encoder(G: nn.Module, z_dim: int, size: int, steps: int = 500, batch_s
     torch.manual_seed(seed)
     E = Encoder(size, z_dim).to(device)
     opt = torch.optim.Adam(E.parameters(), lr=lr)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="encoder", unit="step", dynamic_ncols=True)
-    with deterministic(G):
+    with progress_bar(steps, "encoder", progress) as bar, deterministic(G):
         G.requires_grad_(False)
         for _ in range(steps):
             z = torch.randn(batch_size, z_dim, generator=gen).to(device)
@@ -54,11 +51,8 @@ def train_encoder(G: nn.Module, z_dim: int, size: int, steps: int = 500, batch_s
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
     return E.eval().requires_grad_(False)
 
 

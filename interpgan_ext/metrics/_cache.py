@@ -27,3 +27,29 @@ def load_or_train(path: Optional[str], steps: int, build: Callable[[dict], torch
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         atomic_save({"model": model.state_dict(), "steps": steps, "scores": scores, **(extra or {})}, path)
     return model, scores
+
+
+def train_on_synthfaces(model: torch.nn.Module, size: int, steps: int, loss_fn: Callable, batch_size: int = 32,
+                        lr: float = 3e-3, data_seed: int = 1000, device="cpu", progress: bool = True,
+                        desc: str = "train") -> torch.nn.Module:
+    """AdamW with a one-cycle schedule on freshly rendered SynthFaces batches (every batch new, so the model
+    cannot overfit). loss_fn(outputs, labels, attributes) -> loss."""
+    from .._progress import progress_bar
+    from ..data import SynthFaces
+
+    data = SynthFaces(size, n=max(steps * batch_size, 1), seed=data_seed)
+    model = model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.15)
+    with progress_bar(steps, desc, progress) as bar:
+        for t in range(steps):
+            idx = torch.arange(t * batch_size, (t + 1) * batch_size) % data.n
+            x, labels = data.render(idx, device=device)
+            loss = loss_fn(model(x), labels, data.attributes(idx).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()

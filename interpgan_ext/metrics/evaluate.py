@@ -5,6 +5,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
+from .._progress import progress_bar
 from ..data import PARTS, SynthFaces, build_dataset
 from ..edit import deterministic, generate
 from ..runs import Run, partition_of
@@ -13,24 +14,13 @@ from .locality import swap_locality
 from .realism import FeatureStats, frechet_distance, kernel_inception_distance
 
 
-def _bar(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
-
-
 def _batches(run: Run, z: torch.Tensor, batch_size: int, progress: Optional[str] = None):
     """(images, target-layer features) of G over z, batch by batch, with a progress bar."""
-    bar = _bar(len(z), progress, progress is not None)
-    with deterministic(run.G), torch.no_grad():
+    with progress_bar(len(z), progress or "", progress is not None, unit="img", leave=False) as bar, \
+            deterministic(run.G), torch.no_grad():
         for zb in z.split(batch_size):
             yield generate(run.G, run.layer, zb)
-            if bar is not None:
-                bar.update(len(zb))
-    if bar is not None:
-        bar.close()
+            bar.update(len(zb))
 
 
 def real_images(run: Run, n: int, batch_size: int, seed: int = 777):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import PARTS, SynthFaces
-from ._cache import load_or_train
+from ._cache import load_or_train, train_on_synthfaces
 
 MIN_MIOU = 0.9  # below this the segmenter's labels are not trusted for measurement
 
@@ -88,29 +88,9 @@ def train_segmenter(size: int, steps: int = 1500, batch_size: int = 32, width: i
                     device="cpu", seed: int = 0, progress: bool = True) -> PartSegmenter:
     """Train on freshly rendered SynthFaces (every batch new, so it cannot overfit)."""
     torch.manual_seed(seed)
-    data = SynthFaces(size, n=max(steps * batch_size, 1), seed=seed + 1000)
-    model = PartSegmenter(width=width).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="segmenter", unit="step", dynamic_ncols=True)
-    for t in range(steps):
-        idx = torch.arange(t * batch_size, (t + 1) * batch_size) % data.n
-        x, lab = data.render(idx, device=device)
-        loss = F.cross_entropy(model(x), lab)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
-    return model.eval()
+    return train_on_synthfaces(PartSegmenter(width=width), size, steps, lambda out, labels, _: F.cross_entropy(out, labels),
+                               batch_size=batch_size, lr=lr, data_seed=seed + 1000, device=device, progress=progress,
+                               desc="segmenter")
 
 
 def load_or_train_segmenter(cache_dir: Optional[str], size: int, device="cpu", steps: int = 1500,
