@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
@@ -126,6 +127,12 @@ def atomic_write_json(obj, path: str):
     os.replace(tmp, path)
 
 
+def diversity(images: torch.Tensor) -> float:
+    """Mean over pixels and channels of the standard deviation across images, for images in [-1, 1]: 0 when every
+    image is the same."""
+    return float(images.detach().float().std(dim=0).mean())
+
+
 def step_generator(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
 
@@ -214,6 +221,7 @@ class Trainer:
             with open(os.path.join(out_dir, "config.json"), "w") as fh:
                 json.dump({"config": asdict(cfg), **meta}, fh, indent=1)
         self.meta = meta
+        self._data_diversity, self._warned_collapse = None, False
 
     # -- pieces of a step --------------------------------------------------------------------------
     def _autocast(self):
@@ -377,11 +385,28 @@ class Trainer:
         return state
 
     # -- the loop --------------------------------------------------------------------------------------
-    def save_samples(self, name=None):
+    def save_samples(self, name=None) -> float:
+        """Write the G_ema grid of the fixed latents; returns the grid's diversity (see `diversity`)."""
         with torch.no_grad():
             x = self.G_ema(self.z_fixed)
         path = os.path.join(self.out_dir, "samples", name or f"step_{self.step:06d}.png")
-        return save_image_grid(x, path, nrow=8, scale=max(1, 96 // x.shape[-1]))
+        save_image_grid(x, path, nrow=8, scale=max(1, 96 // x.shape[-1]))
+        return self.check_diversity(x)
+
+    def check_diversity(self, x: torch.Tensor) -> float:
+        """Warns (once) when, after the first 500 steps, the samples' diversity is below a quarter of the data's:
+        the sign of a collapse, such as every sample taking one colour scheme (seen in an interpretable 64 px run).
+        Earlier, G_ema's samples are alike because training has barely started."""
+        d = diversity(x)
+        if self._data_diversity is None:
+            real = sample_real(self.data, len(x), torch.Generator().manual_seed(self.cfg.seed + 7), self.device)
+            self._data_diversity = diversity(real)
+        if self.step >= 500 and d < 0.25 * self._data_diversity and not self._warned_collapse:
+            self._warned_collapse = True
+            warnings.warn(f"step {self.step}: the samples' diversity {d:.3f} is below a quarter of the data's "
+                          f"({self._data_diversity:.3f}); G may be collapsing (see samples/). Lower lambda0 or "
+                          f"lambda2, or resume from an earlier checkpoint.", RuntimeWarning, stacklevel=2)
+        return d
 
     def fit(self, steps: Optional[int] = None, progress: bool = True):
         """Train until `steps` (default: config.steps) total steps are done; returns the last logs."""
@@ -396,6 +421,8 @@ class Trainer:
                 logs = self.train_step()
                 self.step += 1
                 n_images += self.cfg.batch_size * self.world
+                if main and (self.step % self.cfg.image_every == 0 or self.step == total):
+                    logs["sample_diversity"] = self.save_samples()
                 if self.step % self.cfg.log_every == 0 or self.step == total:
                     elapsed = time.perf_counter() - t0
                     logs.update(step=self.step, images_per_s=n_images / max(elapsed, 1e-9))
@@ -406,8 +433,6 @@ class Trainer:
                             if isinstance(v, float):
                                 writer.add_scalar(k, v, self.step)
                     t0, n_images = time.perf_counter(), 0
-                if main and (self.step % self.cfg.image_every == 0 or self.step == total):
-                    self.save_samples()
                 if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
                     self.save_checkpoint()
                 bar.update(1)

@@ -1,6 +1,7 @@
 """The training loop: a smoke run, exact resume, the baseline path, both architectures, the CLI."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -111,3 +112,21 @@ def test_ema_warms_up_towards_g(tmp_path):
     G, G_ema = list(tr.G.parameters()), list(tr.G_ema.parameters())
     # with a flat 0.999 decay G_ema would still be ~98% the initial weights after 20 steps
     assert dist(G_ema, G) < 0.5 * dist(init, G)
+
+
+def test_collapse_warning_when_samples_lose_diversity(tmp_path):
+    from interpgan_ext.trainer import diversity
+
+    tr = make_trainer(tmp_path, steps=1)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    assert diversity(x[:1].expand(8, -1, -1, -1)) == 0 and diversity(x) > 0.3
+    assert tr.check_diversity(x) > 0.3  # as varied as the data: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr.check_diversity(x[:1].expand(8, -1, -1, -1))  # step 0: samples are alike early on, no alarm
+    tr.step = 600
+    with pytest.warns(RuntimeWarning, match="collapsing"):
+        tr.check_diversity(x[:1].expand(8, -1, -1, -1))
+    tr.step = 0
+    tr.fit(progress=False)  # logs the samples' diversity with the step that wrote them
+    assert "sample_diversity" in read_log(tmp_path)[-1]
