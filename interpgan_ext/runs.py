@@ -23,6 +23,7 @@ class Run:
     config: dict
     meta: dict
     step: int
+    D: Optional[nn.Module] = None   # the discriminator, when the run's architecture is known (for realism scores)
 
     @property
     def interpretable(self) -> bool:
@@ -78,7 +79,11 @@ def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.M
             raise ValueError(f"load_run: {path} was trained with a custom generator; pass it as load_run(..., G=G)")
         from .models import build
 
-        G, _ = build(saved["arch"], saved["size"], z_dim=cfg["z_dim"], width=saved["width"])
+        G, D = build(saved["arch"], saved["size"], z_dim=cfg["z_dim"], width=saved["width"])
+        D.load_state_dict(state["D"])
+        D = D.to(dev).eval().requires_grad_(False)
+    else:
+        D = None
     G.load_state_dict(state["G_ema" if ema else "G"])
     G = G.to(dev).eval().requires_grad_(False)
     energy, q = None, state.get("q")
@@ -90,7 +95,7 @@ def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.M
         q = q.to(dev)
     return Run(path=path, G=G, layer=meta["layer"], energy=energy, q=q, config=cfg,
                meta={**meta, **{k: saved[k] for k in ("arch", "size", "width", "data") if k in saved}},
-               step=int(state["step"]))
+               step=int(state["step"]), D=D)
 
 
 def partition_of(run: Run, n_images: int = 256, seed: int = 0, batch_size: int = 64) -> torch.Tensor:

@@ -112,7 +112,8 @@ def test_eval_without_part_labels_uses_thresholded_activations(runs):
     ("sefa", ["--k", "2"]),
     ("ganspace", ["--k", "2", "--samples", "64"]),
     ("latent-shift", ["--k", "2", "--samples", "8", "--seg-steps", "30"]),
-    ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress", "--swap-group", "0"]),
+    ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress", "--swap-group", "0",
+                "--sefa", "0", "2.0"]),
     ("invert", ["--images", "lfw", "--n", "2", "--steps", "3", "--encoder-steps", "3", "--no-progress"]),
     ("learn-directions", ["--k", "2", "--steps", "5"]),
     ("steer", ["--edit", "zoom", "--steps", "5"]),
@@ -137,3 +138,15 @@ def test_text_edit_verb_with_a_local_torchscript_model(runs, tmp_path):
     assert Image.open(out).size[0] > 32
     with pytest.raises(SystemExit, match="cannot load"):
         cli_main(["text-edit", runs[0], "--model", str(tmp_path / "missing.pt"), "--text", "x", "--device", "cpu"])
+
+
+def test_dissect_writes_a_summary(runs, tmp_path):
+    out = str(tmp_path / "dissect.html")
+    cli_main(["dissect", runs[0], "--images", "16", "--top", "2", "--min-iou", "0", "--seg-steps", "30", "--out", out,
+              "--device", "cpu"])
+    with open(out[:-5] + ".json") as fh:
+        res = json.load(fh)
+    assert res["units_per_part"] and all(len(u) >= 1 for u in res["units_per_part"].values())
+    assert len(res["artifact_units"]) == 2  # the DCGAN run has its discriminator
+    page = open(out).read()
+    assert "units</h2>" in page and "data:image/png;base64," in page and "Artifact units" in page

@@ -1,4 +1,4 @@
-"""CLI verbs of the analysis toolkit: `interpgan compare | sefa | ganspace | latent-shift | invert | ace | boundaries | learn-directions | steer |
+"""CLI verbs of the analysis toolkit: `interpgan dissect | compare | sefa | ganspace | latent-shift | invert | ace | boundaries | learn-directions | steer |
 text-edit RUN ...`.
 Each writes a PNG (and prints its numbers)."""
 import os
@@ -99,6 +99,14 @@ def invert_cmd(run, args):
         res = swap_concept(run.G, run.layer, z, z.roll(-1, 0), groups=args.swap_group, q=partition_of(run))
         rows.append(res.edited_a)
         labels.append(f"swap g{','.join(map(str, args.swap_group))}")
+    if args.sefa is not None:  # or move them along a SeFa direction
+        from .directions import default_sefa_layers, edit_along, linear_weights, sefa
+
+        k, alpha = int(args.sefa[0]), float(args.sefa[1])
+        names, layers = default_sefa_layers(run.G, run.z_dim)
+        d = sefa(linear_weights(run.G, names), k + 1)[0][k]
+        rows.append(edit_along(run.G, z, d.to(run.device), [alpha], layers)[0])
+        labels.append(f"sefa {k} {alpha:+g}")
     path = labelled_rows(rows, labels,
                          args.out or os.path.join(run.path, "inversion.png"), scale=max(1, 64 // x.shape[-1]),
                          label_width=80)
@@ -237,6 +245,68 @@ def compare_cmd(run, args):
     return json.loads(json.dumps(c))
 
 
+def dissect_cmd(run, args):
+    """GAN Dissection summary: units (filters) per part by IoU, the top units' activations over the same images,
+    their causal effect, and the artifact units (those whose ablation most raises D's score). Writes
+    dissect.html (self-contained) and dissect.json."""
+    import html as _html
+
+    from ..data import PARTS
+    from ..edit import deterministic, generate
+    from ..metrics import evaluate_run, load_or_train_segmenter
+    from ..report import _img, _table
+    from ..trainer import atomic_write_json
+    from ..viz import activation_overlay
+    from .causal import artifact_units, rank_units_by_ace
+
+    seg, scores = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
+                                          progress=False)
+    m = evaluate_run(run, segmenter=seg.segment, n_images=args.images, n_pairs=4, seed=args.seed, progress=False)
+    filters = m["dissection"]["filters"]
+    z = run.latents(8, args.seed)
+    with torch.no_grad(), deterministic(run.G):
+        x, f = generate(run.G, run.layer, z)
+    out_dir = os.path.dirname(args.out) if args.out else run.path
+    insert = f.float().amax(dim=(0, 2, 3))
+    summary, sections = {}, []
+    for p, part in enumerate(PARTS):
+        units = sorted((e for e in filters if e["best_part"] == part and e["iou"] >= args.min_iou),
+                       key=lambda e: -e["iou"])
+        if not units:
+            continue
+        top = [e["filter"] for e in units[: args.top]]
+        score = lambda imgs, p=p: (seg.segment(imgs) == p).float().mean((1, 2))  # noqa: E731
+        ranked, ace = rank_units_by_ace(run.G, run.layer, score, run.latents(16, args.seed + 3), insert, units=top)
+        ace_of = {int(u): float(a) for u, a in zip(ranked, ace)}
+        summary[part] = [{"unit": e["filter"], "iou": e["iou"], "ace": ace_of.get(e["filter"])} for e in units]
+        rows = [activation_overlay(x.cpu(), f[:, u].cpu()) for u in top]
+        png = labelled_rows(rows, [f"unit {u}" for u in top], os.path.join(out_dir, f"dissect_{part}.png"),
+                            scale=max(1, 64 // x.shape[-1]), label_width=70)
+        sections.append(f"<h2>{_html.escape(part)}: {len(units)} units</h2>" + _table(
+            [(e["filter"], e["iou"], ace_of.get(e["filter"], float("nan"))) for e in units[: args.top]],
+            ["unit", "IoU", "ACE"]) + _img(png, f"top {len(top)} {part} units over the same 8 images"))
+    result = {"units_per_part": summary, "segmenter": {k: v for k, v in scores.items() if k != "iou"}}
+    if run.D is not None:
+        realism = lambda imgs: run.D(imgs).float()  # noqa: E731
+        art, gain = artifact_units(run.G, run.layer, realism, run.latents(32, args.seed + 4),
+                                   range(len(insert)), top=args.top)
+        result["artifact_units"] = [{"unit": int(u), "d_gain": float(g)} for u, g in zip(art, gain)]
+        sections.append("<h2>Artifact units (ablation raises D's score most)</h2>" + _table(
+            [(e["unit"], e["d_gain"]) for e in result["artifact_units"]], ["unit", "gain in D's logit"]))
+    path = args.out or os.path.join(run.path, "dissect.html")
+    with open(path, "w") as fh:
+        fh.write("<!doctype html><html><head><meta charset='utf-8'><title>dissection</title><style>"
+                 "body{font-family:sans-serif;margin:20px} td,th{border:1px solid #ccc;padding:2px 8px}"
+                 "table{border-collapse:collapse} img{image-rendering:pixelated}</style></head><body>"
+                 f"<h1>Dissection of {_html.escape(run.name)}, layer {_html.escape(run.layer)}</h1>"
+                 + "".join(sections) + "</body></html>")
+    atomic_write_json(result, os.path.splitext(path)[0] + ".json")
+    for part, units in summary.items():
+        print(f"{part:<10} {len(units):>4} units; top: " + ", ".join(f"{e['unit']} (IoU {e['iou']:.2f})" for e in units[:5]))
+    print(f"wrote {path}")
+    return result
+
+
 def add_parsers(sub):
     """The analysis verbs, added to interpgan's sub-parsers; returns {verb: handler(run, args)}."""
     sf = sub.add_parser("sefa", help="SeFa closed-form directions, shown as edits (PNG)")
@@ -258,6 +328,8 @@ def add_parsers(sub):
     iv.add_argument("--no-progress", action="store_true")
     iv.add_argument("--swap-group", type=int, nargs="+", default=None,
                     help="then swap these groups between consecutive inverted images")
+    iv.add_argument("--sefa", nargs=2, default=None, metavar=("K", "ALPHA"),
+                    help="then move the inverted images along SeFa direction K by ALPHA")
     ac = sub.add_parser("ace", help="units ranked by their average causal effect on a part; top ones ablated (PNG)")
     ac.add_argument("--part", default="hair")
     ac.add_argument("--samples", type=int, default=32)
@@ -294,7 +366,13 @@ def add_parsers(sub):
     cp.add_argument("--samples", type=int, default=2000)
     cp.add_argument("--seg-steps", type=int, default=1500)
     cp.add_argument("--clf-steps", type=int, default=800)
-    parsers = {"compare": cp, "sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
+    ds = sub.add_parser("dissect", help="GAN Dissection summary: units per part, their activations, ACE, artifacts "
+                        "(HTML + PNG)")
+    ds.add_argument("--images", type=int, default=500)
+    ds.add_argument("--top", type=int, default=5)
+    ds.add_argument("--min-iou", type=float, default=0.1)
+    ds.add_argument("--seg-steps", type=int, default=1500)
+    parsers = {"dissect": ds, "compare": cp, "sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
                "learn-directions": ld, "steer": st, "text-edit": te}
     for p in parsers.values():
         p.add_argument("run")
@@ -302,4 +380,5 @@ def add_parsers(sub):
     cp.add_argument("baseline", help="the baseline run (lambda0 = 0)")
     return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
             "ace": ace_cmd, "boundaries": boundaries_cmd, "learn-directions": learn_directions_cmd,
-            "steer": steer_cmd, "text-edit": text_edit_cmd, "compare": compare_cmd}, list(parsers.values())
+            "steer": steer_cmd, "text-edit": text_edit_cmd, "compare": compare_cmd,
+            "dissect": dissect_cmd}, list(parsers.values())
