@@ -29,6 +29,7 @@ SHAPES = [
     (4, 16, 4, 4, 5),
     (6, 33, 3, 5, 7),
     (9, 64, 4, 4, 24),
+    (12, 130, 10, 13, 5),  # over 1 MB: the CPU kernels pack f and W tile-major (smaller ones read in place)
 ]
 
 
