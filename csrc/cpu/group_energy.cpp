@@ -262,11 +262,12 @@ inline void backward_tile_any(const Problem<double>& p, const double* gg, int64_
 // cost more than the whole energy on small problems (~80 of 104 us at [8, 64, 64] x 8 groups).
 template <typename T, int KT>
 void pack_tiles(const T* src, int64_t rows, int64_t K, int64_t n_tiles, T* packed) {
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, n_tiles * KT)),
-                   [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* row = src + r * K;
-      for (int64_t t = 0; t < n_tiles; ++t) std::memcpy(packed + (t * rows + r) * KT, row + t * KT, KT * sizeof(T));
+  // Tile-outer: the writes are sequential (scattered ones, a tile apart, thrash the TLB on large arrays).
+  at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      T* out = packed + t * rows * KT;
+      const T* in = src + t * KT;
+      for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * KT, in + r * K, KT * sizeof(T));
     }
   });
 }
