@@ -113,7 +113,7 @@ def test_eval_without_part_labels_uses_thresholded_activations(runs):
     ("ganspace", ["--k", "2", "--samples", "64"]),
     ("latent-shift", ["--k", "2", "--samples", "8", "--seg-steps", "30"]),
     ("invert", ["--n", "3", "--steps", "5", "--encoder-steps", "5", "--no-progress", "--swap-group", "0",
-                "--sefa", "0", "2.0"]),
+                "--direction", "sefa:0:2", "ganspace:1:2", "learned:0:3", "boundary:glasses:2", "--clf-steps", "10"]),
     ("invert", ["--images", "lfw", "--n", "2", "--steps", "3", "--encoder-steps", "3", "--no-progress"]),
     ("learn-directions", ["--k", "2", "--steps", "5"]),
     ("steer", ["--edit", "zoom", "--steps", "5"]),
@@ -150,3 +150,9 @@ def test_dissect_writes_a_summary(runs, tmp_path):
     assert len(res["artifact_units"]) == 2  # the DCGAN run has its discriminator
     page = open(out).read()
     assert "units</h2>" in page and "data:image/png;base64," in page and "Artifact units" in page
+
+
+def test_invert_rejects_a_malformed_direction(runs):
+    with pytest.raises(SystemExit, match="METHOD:WHICH:ALPHA"):
+        cli_main(["invert", runs[0], "--n", "2", "--steps", "1", "--encoder-steps", "1", "--no-progress",
+                  "--direction", "sefa:0", "--device", "cpu"])

@@ -79,6 +79,41 @@ def latent_shift_cmd(run, args):
     return iou
 
 
+def resolve_direction(run, spec: str, args):
+    """(direction, layers to shift or None for z, strength) from "METHOD:WHICH:ALPHA": sefa:K, ganspace:K,
+    learned:K (a quick Voynov-Babenko run) or boundary:ATTRIBUTE (InterFaceGAN on the attribute classifier)."""
+    from ..data import ATTRIBUTES
+    from .directions import default_sefa_layers, ganspace, linear_weights, sefa, svm_boundary
+
+    try:
+        method, which, alpha = spec.split(":")
+        alpha = float(alpha)
+    except ValueError:
+        raise ValueError(f"direction {spec!r}: expected METHOD:WHICH:ALPHA, e.g. sefa:0:3 or boundary:smile:2")
+    if method == "boundary":
+        from .attributes import load_or_train_attribute_classifier
+
+        if which not in ATTRIBUTES:
+            raise ValueError(f"direction {spec!r}: unknown attribute; choose from {ATTRIBUTES}")
+        clf, _ = load_or_train_attribute_classifier(run.path, run.meta["size"], device=run.device,
+                                                    steps=args.clf_steps, progress=False)
+        z = run.latents(2000, args.seed + 9)
+        with torch.no_grad():
+            scores = torch.cat([clf.scores(run.G(zb)) for zb in z.split(256)])[:, ATTRIBUTES.index(which)]
+        return svm_boundary(z.cpu(), scores.cpu())[0], None, alpha
+    k = int(which)
+    if method == "sefa":
+        names, layers = default_sefa_layers(run.G, run.z_dim)
+        return sefa(linear_weights(run.G, names), k + 1)[0][k], layers, alpha
+    if method == "ganspace":
+        return ganspace(run.latents(max(256, 4 * (k + 1)), args.seed + 9), run.G, run.layer, k + 1)[0][k], None, alpha
+    if method == "learned":
+        from .learned import learn_directions
+
+        return learn_directions(run.G, run.z_dim, k + 1, steps=200, device=run.device)[0][k], None, alpha
+    raise ValueError(f"direction {spec!r}: METHOD must be sefa, ganspace, learned or boundary")
+
+
 def invert_cmd(run, args):
     from ..data import build_dataset
     from .inversion import invert, train_encoder
@@ -99,14 +134,12 @@ def invert_cmd(run, args):
         res = swap_concept(run.G, run.layer, z, z.roll(-1, 0), groups=args.swap_group, q=partition_of(run))
         rows.append(res.edited_a)
         labels.append(f"swap g{','.join(map(str, args.swap_group))}")
-    if args.sefa is not None:  # or move them along a SeFa direction
-        from .directions import default_sefa_layers, edit_along, linear_weights, sefa
+    for spec in args.direction or []:  # or move them along any of the toolkit's directions
+        from .directions import edit_along
 
-        k, alpha = int(args.sefa[0]), float(args.sefa[1])
-        names, layers = default_sefa_layers(run.G, run.z_dim)
-        d = sefa(linear_weights(run.G, names), k + 1)[0][k]
+        d, layers, alpha = resolve_direction(run, spec, args)
         rows.append(edit_along(run.G, z, d.to(run.device), [alpha], layers)[0])
-        labels.append(f"sefa {k} {alpha:+g}")
+        labels.append(spec[:14])
     path = labelled_rows(rows, labels,
                          args.out or os.path.join(run.path, "inversion.png"), scale=max(1, 64 // x.shape[-1]),
                          label_width=80)
@@ -328,8 +361,10 @@ def add_parsers(sub):
     iv.add_argument("--no-progress", action="store_true")
     iv.add_argument("--swap-group", type=int, nargs="+", default=None,
                     help="then swap these groups between consecutive inverted images")
-    iv.add_argument("--sefa", nargs=2, default=None, metavar=("K", "ALPHA"),
-                    help="then move the inverted images along SeFa direction K by ALPHA")
+    iv.add_argument("--direction", nargs="+", default=None, metavar="METHOD:WHICH:ALPHA",
+                    help="then move the inverted images along directions: sefa:K:A, ganspace:K:A, learned:K:A, "
+                         "boundary:ATTRIBUTE:A (one row each)")
+    iv.add_argument("--clf-steps", type=int, default=800, help="attribute classifier steps, for boundary:")
     ac = sub.add_parser("ace", help="units ranked by their average causal effect on a part; top ones ablated (PNG)")
     ac.add_argument("--part", default="hair")
     ac.add_argument("--samples", type=int, default=32)
