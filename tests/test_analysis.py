@@ -153,6 +153,10 @@ def test_inversion_recovers_gs_own_latents():
     x = G(z_true).detach()
     z_opt, rec, err = invert(G, x, 4, steps=400, lr=0.05, reg_weight=0.0)
     assert err.max() < 1e-4 and torch.allclose(z_opt, z_true, atol=0.05)
+    # with a feature loss too (any differentiable extractor): still G's own latents
+    pooled = lambda imgs: torch.nn.functional.avg_pool2d(imgs, 2).flatten(1)  # noqa: E731
+    z_feat, _, err_feat = invert(G, x, 4, steps=400, lr=0.05, reg_weight=0.0, feature_fn=pooled, feature_weight=1.0)
+    assert err_feat.max() < 1e-4 and torch.allclose(z_feat, z_true, atol=0.05)
     E = train_encoder(G, 4, 8, steps=300, batch_size=64, lr=3e-3)
     z_enc = E(x)
     assert (z_enc - z_true).abs().mean() < 0.3  # the encoder's guess is close

@@ -198,8 +198,11 @@ def boundaries_cmd(run, args):
     zt = run.latents(64, args.seed + 2)
     delta = torch.stack([rescoring(run.G, zt, normals[a].to(run.device), clf.scores, alpha=args.alpha).cpu()
                          for a in names])  # [boundary, attribute]
-    print(f"{'boundary':<12} {'svm acc':>8} {'own delta a':>12}  (delta a of each attribute when moving {args.alpha:g})")
-    for i, a in enumerate(names):
+    print(f"{'boundary':<12} {'svm acc':>8} {'own delta a':>12}  (delta a of each attribute when moving {args.alpha:g}; "
+          "boundaries ranked by their own delta a)")
+    own = torch.tensor([float(delta[i, ATTRIBUTES.index(a)]) for i, a in enumerate(names)])
+    for i in torch.argsort(own, descending=True).tolist():
+        a = names[i]
         print(f"{a:<12} {accs[a]:>8.3f} {float(delta[i, ATTRIBUTES.index(a)]):>12.3f}  "
               + " ".join(f"{b[:5]}={float(v):+.2f}" for b, v in zip(ATTRIBUTES, delta[i])))
     path = _direction_grid(run, [normals[a] for a in names], args.strengths,
