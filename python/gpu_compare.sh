@@ -1,18 +1,11 @@
 #!/usr/bin/env bash
 # On a GPU machine: train SynthFaces 64 px interpretable and baseline (same seed and steps), then run the analysis
-# toolkit on them: compare, boundaries, sefa, ganspace, latent-shift, ace. Brings back the numbers and PNGs
+# toolkit on them: compare, boundaries, sefa, latent-shift, ace. Brings back the logs, numbers and PNGs
 # (as one archive) in ${OUT:-bench/results/gpu_compare}.
-set -uo pipefail
 OUT=${OUT:-bench/results/gpu_compare}
 STEPS=${STEPS:-3000}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
-python3 -m pip install --no-build-isolation --no-deps -e . > /tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head; exit 1; }
-for mode in interp baseline; do
-  extra=""; [ "$mode" = baseline ] && extra="--baseline"
-  timeout "${RUN_LIMIT:-150}" python3 -m interpgan_ext train --size 64 --width 64 --steps "$STEPS" --batch-size 64 \
-      --n-images 50000 --seed 0 --out "/tmp/$mode" --no-progress $extra 2>&1 | tail -1
-done
+. "$(dirname "$0")/gpu_common.sh"
+train_pair "$STEPS" "${RUN_LIMIT:-150}"
 ig() { timeout 120 python3 -m interpgan_ext "$@" 2>&1 | tee -a "$OUT/analysis.txt" | tail -3; }
 ig compare /tmp/interp /tmp/baseline --images 1000 --samples 4000 --seg-steps 3000 --clf-steps 1500
 cp /tmp/interp/compare.json "$OUT/"

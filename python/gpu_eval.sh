@@ -2,19 +2,10 @@
 # On a GPU machine: build, train SynthFaces 64 px interpretable and baseline (same seed and steps), then
 # `interpgan eval` and `interpgan report` on the pair. Copies configs, logs, metrics.json, the report and its
 # PNGs to ${OUT:-bench/results/gpu_eval}.
-set -uo pipefail
 OUT=${OUT:-bench/results/gpu_eval}
 STEPS=${STEPS:-4000}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
-python3 -m pip install --no-build-isolation --no-deps -e . > /tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head; exit 1; }
-nvidia-smi --query-gpu=name --format=csv,noheader > "$OUT/gpu.txt"
-for mode in interp baseline; do
-  extra=""; [ "$mode" = baseline ] && extra="--baseline"
-  timeout "${RUN_LIMIT:-200}" python3 -m interpgan_ext train --size 64 --width 64 --steps "$STEPS" --batch-size 64 \
-      --n-images 50000 --seed 0 --out "/tmp/$mode" --no-progress $extra 2>&1 | tail -2
-  cp "/tmp/$mode/log.jsonl" "$OUT/${mode}_log.jsonl"; cp "/tmp/$mode/config.json" "$OUT/${mode}_config.json"
-done
+. "$(dirname "$0")/gpu_common.sh"
+train_pair "$STEPS" "${RUN_LIMIT:-200}"
 eval_args="--baseline /tmp/baseline --images ${IMAGES:-2000} --pairs 64 --seg-steps ${SEG_STEPS:-3000} --no-progress"
 timeout 240 python3 -m interpgan_ext eval /tmp/interp $eval_args 2>&1 | tee "$OUT/eval.txt" | tail -20
 if grep -q "below --min-seg-miou" "$OUT/eval.txt"; then  # the segmenter missed the bar: measure anyway, and say so

@@ -282,16 +282,6 @@ T* scratch(int slot, int64_t n) {
   return buf.data();
 }
 
-// The problem restricted to packed tile t: rows of KT values, positions from 0.
-template <typename T>
-Problem<T> tile_problem(const Problem<T>& p, const T* f_packed, const T* W_packed, int64_t t, int64_t KT) {
-  Problem<T> pt = p;
-  pt.f = f_packed + t * p.B * p.M * KT;
-  pt.W = W_packed + t * p.M * p.C * KT;
-  pt.K = KT;
-  return pt;
-}
-
 // Tile t covers [k0, k0 + width): full tiles first, then the trailing positions one by one.
 struct Tiling {
   int64_t full, count, KT;
@@ -319,6 +309,38 @@ Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tens
 
 // Packing pays off once f and W outgrow the caches; below this many bytes the kernels read them in place.
 constexpr int64_t kPackBytes = 1 << 20;
+
+// Where the kernels read tile t from: the tile-major packed copies of f and W, or the inputs themselves.
+template <typename T>
+struct TileSource {
+  const Problem<T>& p;
+  const Tiling& tiles;
+  T* f_packed = nullptr;
+  T* W_packed = nullptr;
+
+  TileSource(const Problem<T>& p_, const Tiling& tiles_) : p(p_), tiles(tiles_) {
+    if ((p.B + p.C) * p.M * p.K * int64_t(sizeof(T)) <= kPackBytes) return;
+    f_packed = scratch<T>(0, tiles.full * tiles.KT * p.B * p.M);
+    W_packed = scratch<T>(1, tiles.full * tiles.KT * p.M * p.C);
+    pack_tiles<T, kTile<T>>(p.f, p.B * p.M, p.K, tiles.full, f_packed);
+    pack_tiles<T, kTile<T>>(p.W, p.M * p.C, p.K, tiles.full, W_packed);
+  }
+
+  // The problem to run tile t on, with the tile's first position in it (k0) and its width.
+  Problem<T> problem(int64_t t, int64_t& k0, int64_t& width) const {
+    width = tiles.width(t);
+    if (f_packed == nullptr || t >= tiles.full) {
+      k0 = tiles.start(t);
+      return p;
+    }
+    Problem<T> pt = p;  // packed tile t: rows of KT values, positions from 0
+    pt.f = f_packed + t * p.B * p.M * tiles.KT;
+    pt.W = W_packed + t * p.M * p.C * tiles.KT;
+    pt.K = tiles.KT;
+    k0 = 0;
+    return pt;
+  }
+};
 
 // Half/bfloat16 inputs on the CPU are computed in float32 and cast back.
 at::ScalarType compute_dtype(const at::Tensor& f) {
@@ -348,22 +370,13 @@ at::Tensor group_energy_cpu(const at::Tensor& f_in, const at::Tensor& W_in, cons
     const int64_t n_chunks = (s.B + chunk - 1) / chunk;
     std::vector<double> partial(tiles.count * s.B, 0.0);  // per tile, so tasks never share an accumulator
     double* part = partial.data();
-    const bool pack = (s.B + s.C) * s.M * s.K * int64_t(sizeof(scalar_t)) > kPackBytes;
-    scalar_t* f_packed = nullptr;
-    scalar_t* W_packed = nullptr;
-    if (pack) {
-      f_packed = scratch<scalar_t>(0, tiles.full * tiles.KT * s.B * s.M);
-      W_packed = scratch<scalar_t>(1, tiles.full * tiles.KT * s.M * s.C);
-      pack_tiles<scalar_t, kTile<scalar_t>>(p.f, s.B * s.M, s.K, tiles.full, f_packed);
-      pack_tiles<scalar_t, kTile<scalar_t>>(p.W, s.M * s.C, s.K, tiles.full, W_packed);
-    }
+    const TileSource<scalar_t> source(p, tiles);
     at::parallel_for(0, tiles.count * n_chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t t = task / n_chunks, b0 = (task % n_chunks) * chunk, b1 = std::min(s.B, b0 + chunk);
-        if (t < tiles.full && pack)
-          forward_tile_any(tile_problem(p, f_packed, W_packed, t, tiles.KT), 0, tiles.KT, b0, b1, part + t * s.B);
-        else
-          forward_tile_any(p, tiles.start(t), tiles.width(t), b0, b1, part + t * s.B);
+        int64_t k0, width;
+        const auto pt = source.problem(t, k0, width);
+        forward_tile_any(pt, k0, width, b0, b1, part + t * s.B);
       }
     });
     double* g = g_acc.data_ptr<double>();
@@ -396,23 +409,13 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       scalar_t* df_p = df.data_ptr<scalar_t>();
       scalar_t* dW_p = dW.data_ptr<scalar_t>();
       const scalar_t* gg_p = gg.data_ptr<scalar_t>();
-      const bool pack = (s.B + s.C) * s.M * s.K * int64_t(sizeof(scalar_t)) > kPackBytes;
-      scalar_t* f_packed = nullptr;
-      scalar_t* W_packed = nullptr;
-      if (pack) {
-        f_packed = scratch<scalar_t>(0, tiles.full * tiles.KT * s.B * s.M);
-        W_packed = scratch<scalar_t>(1, tiles.full * tiles.KT * s.M * s.C);
-        pack_tiles<scalar_t, kTile<scalar_t>>(p.f, s.B * s.M, s.K, tiles.full, f_packed);
-        pack_tiles<scalar_t, kTile<scalar_t>>(p.W, s.M * s.C, s.K, tiles.full, W_packed);
-      }
+      const TileSource<scalar_t> source(p, tiles);
       // Each tile writes its own positions of df and dW: no reduction across tasks.
       at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
-          if (t < tiles.full && pack)
-            backward_tile_any(tile_problem(p, f_packed, W_packed, t, tiles.KT), gg_p, 0, tiles.KT, df_p, dW_p, s.K,
-                              tiles.start(t));
-          else
-            backward_tile_any(p, gg_p, tiles.start(t), tiles.width(t), df_p, dW_p, s.K, tiles.start(t));
+          int64_t k0, width;
+          const auto pt = source.problem(t, k0, width);
+          backward_tile_any(pt, gg_p, k0, width, df_p, dW_p, s.K, tiles.start(t));
         }
       });
     });
