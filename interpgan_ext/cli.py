@@ -7,6 +7,7 @@ import sys
 import torch
 
 from . import _backend
+from .metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 
 
 def _init_distributed():
@@ -212,7 +213,7 @@ def main(argv=None):
     ev.add_argument("--images", type=int, default=1000, help="generated images for IoU and FID")
     ev.add_argument("--pairs", type=int, default=64, help="swap pairs per group for locality")
     ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--seg-steps", type=int, default=1500, help="segmenter training steps (cached in RUN)")
+    ev.add_argument("--seg-steps", type=int, default=SEG_STEPS, help="segmenter training steps (cached in RUN)")
     ev.add_argument("--min-seg-miou", type=float, default=0.9, help="refuse to measure with a worse segmenter")
     ev.add_argument("--inception", default=None, help="local Inception-v3 weights for FID (else the segmenter's encoder)")
     ev.add_argument("--no-progress", action="store_true")

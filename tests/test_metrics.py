@@ -10,7 +10,7 @@ from interpgan_ext.data import PARTS, SynthFaces
 from interpgan_ext.metrics import (Dissection, FeatureStats, InceptionExtractor, RunningQuantile, evaluate_segmenter,
                                    frechet_distance, information_quality_ratio, kernel_inception_distance,
                                    load_or_train_segmenter, locality_ratio, summarize)
-from interpgan_ext.metrics.segmenter import PartSegmenter, segmentation_scores
+from interpgan_ext.metrics.segmenter import PartSegmenter, segmentation_loss, segmentation_scores
 
 
 def test_information_quality_ratio_known_tables():
@@ -134,6 +134,24 @@ def test_segmentation_scores_known_arrays():
     assert s["pixel_accuracy"] == 0.75 and s["iou"]["0"] == 0.5 and s["iou"]["1"] == pytest.approx(2 / 3)
 
 
+def test_segmentation_loss_counts_every_part_equally():
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, 3, 3] = 1  # a one-pixel part among 63 background pixels
+    perfect = 20.0 * torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float()
+    assert segmentation_loss(perfect, labels).item() < 1e-3
+    missed = perfect.clone()
+    missed[0, :, 3, 3] = torch.tensor([20.0, 0.0])  # the small part called background
+    ce_only = segmentation_loss(missed, labels, dice_weight=0).item()
+    assert ce_only == pytest.approx(20 / 64, rel=1e-4)  # cross-entropy: one wrong pixel in 64
+    # Dice, averaged over the 2 parts present: the missed part scores 1 - 1/2 (smoothed), background ~0.
+    assert segmentation_loss(missed, labels).item() - ce_only == pytest.approx(0.25, abs=0.01)
+
+
+def test_segmenter_rejects_sizes_its_levels_cannot_halve():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        PartSegmenter()(torch.zeros(1, 3, 20, 20))
+
+
 @pytest.mark.slow
 def test_segmenter_learns_synthfaces_and_is_cached(tmp_path):
     untrained = evaluate_segmenter(PartSegmenter().eval(), 16, n=128)
@@ -145,3 +163,8 @@ def test_segmenter_learns_synthfaces_and_is_cached(tmp_path):
     assert os.path.getmtime(path) == mtime and cached["miou"] == scores["miou"]  # loaded, not retrained
     x, _ = SynthFaces(16, n=4, seed=9).render(torch.arange(4))
     assert torch.equal(again.segment(x), model.segment(x))
+    # A cache of another layout is retrained, not loaded into the wrong shapes.
+    other, _ = load_or_train_segmenter(str(tmp_path), 16, steps=150, progress=False, widths=(8, 16))
+    assert other.widths == (8, 16) and torch.load(path, weights_only=False)["widths"] == [8, 16]
+
+

@@ -5,6 +5,7 @@ import os
 import sys
 
 import torch
+from ..metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 from ..viz import labelled_rows
 
 
@@ -355,7 +356,7 @@ def add_parsers(sub):
     ls = sub.add_parser("latent-shift", help="background masks from a latent shift, scored against the segmenter")
     ls.add_argument("--shift", type=float, default=3.0)
     ls.add_argument("--samples", type=int, default=64)
-    ls.add_argument("--seg-steps", type=int, default=1500)
+    ls.add_argument("--seg-steps", type=int, default=SEG_STEPS)
     iv = sub.add_parser("invert", help="invert real images (a folder, or lfw) with an encoder and optimisation")
     iv.add_argument("--images", default="synth-faces", help="synth-faces | lfw | a folder of images")
     iv.add_argument("--n", type=int, default=8)
@@ -372,7 +373,7 @@ def add_parsers(sub):
     ac.add_argument("--part", default="hair")
     ac.add_argument("--samples", type=int, default=32)
     ac.add_argument("--top", type=int, default=8)
-    ac.add_argument("--seg-steps", type=int, default=1500)
+    ac.add_argument("--seg-steps", type=int, default=SEG_STEPS)
     for p in (sf, gs):
         p.add_argument("--k", type=int, default=5, help="number of directions")
         p.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0])
@@ -402,14 +403,14 @@ def add_parsers(sub):
     cp = sub.add_parser("compare", help="interpretable vs baseline run by dissection, SeFa/GANSpace and boundaries")
     cp.add_argument("--images", type=int, default=500)
     cp.add_argument("--samples", type=int, default=2000)
-    cp.add_argument("--seg-steps", type=int, default=1500)
+    cp.add_argument("--seg-steps", type=int, default=SEG_STEPS)
     cp.add_argument("--clf-steps", type=int, default=800)
     ds = sub.add_parser("dissect", help="GAN Dissection summary: units per part, their activations, ACE, artifacts "
                         "(HTML + PNG)")
     ds.add_argument("--images", type=int, default=500)
     ds.add_argument("--top", type=int, default=5)
     ds.add_argument("--min-iou", type=float, default=0.1)
-    ds.add_argument("--seg-steps", type=int, default=1500)
+    ds.add_argument("--seg-steps", type=int, default=SEG_STEPS)
     parsers = {"dissect": ds, "compare": cp, "sefa": sf, "ganspace": gs, "latent-shift": ls, "invert": iv, "ace": ac, "boundaries": bd,
                "learn-directions": ld, "steer": st, "text-edit": te}
     for p in parsers.values():

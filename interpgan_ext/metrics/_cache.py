@@ -9,11 +9,13 @@ import torch
 def load_or_train(path: Optional[str], steps: int, build: Callable[[dict], torch.nn.Module],
                   train: Callable[[], torch.nn.Module], evaluate: Callable[[torch.nn.Module], dict], device="cpu",
                   extra: Optional[dict] = None):
-    """(model, scores). Loads `path` when it holds a model trained for `steps` steps; else trains, evaluates and
-    saves it there atomically (`path=None`: no cache). `build(saved)` makes an empty model from what was saved."""
+    """(model, scores). Loads `path` when it holds a model trained for `steps` steps with the same `extra`
+    (architecture and the like: a cache from an older layout is retrained, not mis-loaded); else trains, evaluates
+    and saves it there atomically (`path=None`: no cache). `build(saved)` makes an empty model from what was saved."""
+    extra = extra or {}
     if path and os.path.exists(path):
         state = torch.load(path, map_location=device, weights_only=False)
-        if state.get("steps") == steps:
+        if state.get("steps") == steps and all(state.get(k) == v for k, v in extra.items()):
             model = build(state).to(device)
             model.load_state_dict(state["model"])
             return model.eval(), state["scores"]
@@ -25,7 +27,7 @@ def load_or_train(path: Optional[str], steps: int, build: Callable[[dict], torch
         from ..trainer import atomic_save
 
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        atomic_save({"model": model.state_dict(), "steps": steps, "scores": scores, **(extra or {})}, path)
+        atomic_save({"model": model.state_dict(), "steps": steps, "scores": scores, **extra}, path)
     return model, scores
 
 
