@@ -1,9 +1,9 @@
 // CPU kernels of group_energy (SPEC §2), forward and backward.
 //
 // Layout: f is [B, M, K] and W is [M, C, K], both with the K positions contiguous. The kernels work on
-// tiles of KT consecutive positions held in one vector register (8 floats or 4 doubles), with register
-// tiles over samples, so each load of W feeds kBlockB multiply-adds. Positions are independent in the energy,
-// so tiles are the unit of parallelism; a trailing K % KT positions are done one at a time (KT = 1).
+// tiles of KT consecutive positions held in one vector register (8 floats or 4 doubles), and compute the
+// energy's products in register blocks (product_block). Positions are independent in the energy, so tiles
+// are the unit of parallelism; a trailing K % KT positions are done one at a time (KT = 1).
 // Full tiles are first copied tile-major (pack_tiles). Nothing of size [B, M, C, K] is ever formed: per tile
 // the kernels keep only fbar and S, [C, KT] per sample.
 #include "../checks.h"
@@ -22,6 +22,8 @@
 #define IG_MULTIVERSION
 #endif
 #define IG_INLINE inline __attribute__((always_inline))
+// Register blocks are arrays indexed by constant loops: unrolled, they live in registers, not on the stack.
+#define IG_UNROLL _Pragma("GCC unroll 16")
 
 namespace interpgan {
 namespace cpu_energy {
@@ -34,9 +36,6 @@ struct Problem {
   const T* inv_n;    // [C], 1 / n_c, or 0 for an empty group
   int64_t B, M, K, C;  // K is also the row stride of f and W: KT inside a packed tile
 };
-
-constexpr int kBlockB = 4;  // samples sharing each W load
-constexpr int kBlockC = 4;  // groups sharing each f load in dW
 
 // A tile of KT positions is one GCC/Clang vector (256 bits: 8 floats or 4 doubles), so every multiply-add
 // below is a packed FMA in the AVX2 clone and two SSE ones in the portable clone; KT = 1 is the scalar tail.
@@ -52,62 +51,119 @@ struct VecOf<T, 1> {
 template <typename T, int KT>
 using Vec = typename VecOf<T, KT>::type;
 
+// Vector loads and stores through an under-aligned vector type. (std::memcpy here compiled to two 128-bit
+// loads, a store to the stack and a reload: a store-forwarding stall on every load, measured at 5x slower.)
+// The type is re-declared here because V, passed as a template argument, loses the lowered alignment.
 template <typename V, typename T>
 IG_INLINE V vload(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));  // an unaligned vector load
-  return v;
+  if constexpr (sizeof(V) == sizeof(T)) {
+    return *p;
+  } else {
+    typedef T U __attribute__((vector_size(sizeof(V)), aligned(sizeof(T))));
+    return *reinterpret_cast<const U*>(p);
+  }
 }
 template <typename V, typename T>
 IG_INLINE void vstore(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-template <typename T, typename V>
-IG_INLINE double hsum(const V& v) {
   if constexpr (sizeof(V) == sizeof(T)) {
-    return v;
+    *p = v;
   } else {
-    double s = 0;
-    for (size_t i = 0; i < sizeof(V) / sizeof(T); ++i) s += v[i];
-    return s;
+    typedef T U __attribute__((vector_size(sizeof(V)), aligned(sizeof(T))));
+    *reinterpret_cast<U*>(p) = v;
+  }
+}
+// The sum of n lanes. It reads scalars: a vector type deduced as a template argument loses the lowered
+// alignment of Vec (GCC drops the attribute), and an aligned load of an 8-byte-aligned buffer crashes.
+template <typename T>
+IG_INLINE double lane_sum(const T* lanes, int n) {
+  double s = 0;
+  for (int i = 0; i < n; ++i) s += lanes[i];
+  return s;
+}
+
+// Per tile every quantity is a vector of KT positions, and the energy's three products are small matrix
+// products whose "scalars" are those vectors (lane-wise multiply-adds, the positions never mix):
+//   A[b, j] = sum_c fbar[b, c] W[j, c]      (forward, and df)
+//   S[b, c] = sum_j f[b, j] W[j, c]         (df's path through fbar)
+//   dW[j, c] = sum_b f[b, j] gg[b] fbar[b, c]
+// Each is computed in R x Q register blocks: a step of the sum loads R + Q vectors for R * Q multiply-adds,
+// and the R * Q accumulators are independent chains, enough to hide the FMA latency. On one tile in cache a
+// product runs at ~2 vector FMAs per ns per core on the 2-core CI machine, whose peak is 2.5.
+constexpr int kBlockR = 4, kBlockQ = 3;  // 12 accumulators + 4 operands: the 16 AVX2 registers
+
+// acc[r][q] = sum_{l < L} a[r * ar + l * al] * b[q * bq + l * bl]; strides in scalars.
+template <typename T, int KT, int R, int Q>
+IG_INLINE void product_block(const T* a, int64_t ar, int64_t al, const T* b, int64_t bq, int64_t bl, int64_t L,
+                             Vec<T, KT> (&acc)[R][Q]) {
+  using V = Vec<T, KT>;
+  IG_UNROLL for (int r = 0; r < R; ++r) IG_UNROLL for (int q = 0; q < Q; ++q) acc[r][q] = V{};
+  for (int64_t l = 0; l < L; ++l) {
+    V y[Q];
+    IG_UNROLL for (int q = 0; q < Q; ++q) y[q] = vload<V>(b + q * bq + l * bl);
+    IG_UNROLL for (int r = 0; r < R; ++r) {
+      const V x = vload<V>(a + r * ar + l * al);
+      IG_UNROLL for (int q = 0; q < Q; ++q) acc[r][q] += x * y[q];
+    }
   }
 }
 
-// fbar[c] for sample b on the tile starting at k0.
+// Runs body.template block<r, q>(i, j) over [0, n1) x [0, n2) in kBlockR x kBlockQ blocks, with 1-wide edges.
+template <typename Body>
+IG_INLINE void for_blocks(int64_t n1, int64_t n2, const Body& body) {
+  int64_t i = 0;
+  for (; i + kBlockR <= n1; i += kBlockR) {
+    int64_t j = 0;
+    for (; j + kBlockQ <= n2; j += kBlockQ) body.template block<kBlockR, kBlockQ>(i, j);
+    for (; j < n2; ++j) body.template block<kBlockR, 1>(i, j);
+  }
+  for (; i < n1; ++i) {
+    int64_t j = 0;
+    for (; j + kBlockQ <= n2; j += kBlockQ) body.template block<1, kBlockQ>(i, j);
+    for (; j < n2; ++j) body.template block<1, 1>(i, j);
+  }
+}
+
+// fbar[b - b0, c] for samples [b0, b1) on the tile starting at k0, scaled by 1 / n_c.
 template <typename T, int KT>
-IG_INLINE void group_means(const Problem<T>& p, int64_t b, int64_t k0, Vec<T, KT>* fbar) {
+IG_INLINE void group_means(const Problem<T>& p, int64_t b0, int64_t b1, int64_t k0, Vec<T, KT>* fbar) {
   using V = Vec<T, KT>;
-  for (int64_t c = 0; c < p.C; ++c) fbar[c] = V{};
-  const T* fb = p.f + b * p.M * p.K + k0;
-  for (int64_t j = 0; j < p.M; ++j) fbar[p.q[j]] += vload<V>(fb + j * p.K);
-  for (int64_t c = 0; c < p.C; ++c) fbar[c] *= p.inv_n[c];
-}
-
-// a[r] = sum_c W[j, c, tile] * fbar[r, c] for BB samples; fbar is [BB, C].
-template <typename T, int KT, int BB>
-IG_INLINE void weighted_means(const Problem<T>& p, int64_t j, int64_t k0, const Vec<T, KT>* fbar,
-                              Vec<T, KT> (&a)[BB]) {
-  using V = Vec<T, KT>;
-  for (int r = 0; r < BB; ++r) a[r] = V{};
-  const T* wj = p.W + j * p.C * p.K + k0;
-  for (int64_t c = 0; c < p.C; ++c) {
-    const V w = vload<V>(wj + c * p.K);
-    for (int r = 0; r < BB; ++r) a[r] += w * fbar[r * p.C + c];
+  for (int64_t b = b0; b < b1; ++b) {
+    V* out = fbar + (b - b0) * p.C;
+    for (int64_t c = 0; c < p.C; ++c) out[c] = V{};
+    const T* fb = p.f + b * p.M * p.K + k0;
+    for (int64_t j = 0; j < p.M; ++j) out[p.q[j]] += vload<V>(fb + j * p.K);
+    for (int64_t c = 0; c < p.C; ++c) out[c] *= p.inv_n[c];
   }
 }
 
-// g[b0 + r] += sum_{j, k in tile} f[b, j, k] * A[b, j, k].
-template <typename T, int KT, int BB>
-IG_INLINE void energy_block(const Problem<T>& p, int64_t b0, int64_t k0, const Vec<T, KT>* fbar, double* g) {
-  using V = Vec<T, KT>;
-  V acc[BB], a[BB];
-  for (int r = 0; r < BB; ++r) acc[r] = V{};
-  for (int64_t j = 0; j < p.M; ++j) {
-    weighted_means<T, KT, BB>(p, j, k0, fbar, a);
-    for (int r = 0; r < BB; ++r) acc[r] += vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0) * a[r];
-  }
-  for (int r = 0; r < BB; ++r) g[r] += hsum<T>(acc[r]);
+// A[b, j] = sum_c fbar[b, c] W[j, c] for the R samples from row i of fbar and the Q filters from j0.
+template <typename T, int KT, int R, int Q>
+IG_INLINE void weighted_means(const Problem<T>& p, const Vec<T, KT>* fbar, int64_t i, int64_t j0, int64_t k0,
+                              Vec<T, KT> (&A)[R][Q]) {
+  product_block<T, KT, R, Q>(reinterpret_cast<const T*>(fbar + i * p.C), p.C * KT, KT, p.W + j0 * p.C * p.K + k0,
+                             p.C * p.K, p.K, p.C, A);
 }
+
+// Forward on one tile for samples [b0, b1): g[b] += sum_{j, k in tile} f[b, j, k] A[b, j, k].
+template <typename T, int KT>
+struct ForwardBody {
+  const Problem<T>& p;
+  const Vec<T, KT>* fbar;  // [b1 - b0, C]
+  Vec<T, KT>* gacc;        // [b1 - b0]
+  int64_t b0, k0;
+  template <int R, int Q>
+  IG_INLINE void block(int64_t i, int64_t j) const {
+    using V = Vec<T, KT>;
+    V A[R][Q];
+    weighted_means<T, KT, R, Q>(p, fbar, i, j, k0, A);
+    IG_UNROLL for (int r = 0; r < R; ++r) {
+      const T* fr = p.f + ((b0 + i + r) * p.M + j) * p.K + k0;
+      V s = gacc[i + r];
+      IG_UNROLL for (int q = 0; q < Q; ++q) s += vload<V>(fr + q * p.K) * A[r][q];
+      gacc[i + r] = s;
+    }
+  }
+};
 
 // Scratch of n vectors, held as scalars: std::vector<Vec> would instantiate library code shared by the AVX2
 // and portable clones, which pass 256-bit vectors differently (an ABI mismatch that crashed).
@@ -119,99 +175,79 @@ struct VecBuffer {
 };
 
 template <typename T, int KT>
-IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b_begin, int64_t b_end, double* g) {
-  VecBuffer<T, KT> fbar_buf(kBlockB * p.C);
-  Vec<T, KT>* fbar = fbar_buf.get();
-  int64_t b = b_begin;
-  for (; b + kBlockB <= b_end; b += kBlockB) {
-    for (int r = 0; r < kBlockB; ++r) group_means<T, KT>(p, b + r, k0, fbar + r * p.C);
-    energy_block<T, KT, kBlockB>(p, b, k0, fbar, g + b);
-  }
-  for (; b < b_end; ++b) {
-    group_means<T, KT>(p, b, k0, fbar);
-    energy_block<T, KT, 1>(p, b, k0, fbar, g + b);
-  }
+IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b0, int64_t b1, double* g) {
+  const int64_t nb = b1 - b0;
+  VecBuffer<T, KT> fbar_buf(nb * p.C), gacc_buf(nb);
+  group_means<T, KT>(p, b0, b1, k0, fbar_buf.get());
+  for_blocks(nb, p.M, ForwardBody<T, KT>{p, fbar_buf.get(), gacc_buf.get(), b0, k0});
+  const T* lanes = gacc_buf.data.data();
+  for (int64_t b = 0; b < nb; ++b) g[b0 + b] += lane_sum(lanes + b * KT, KT);
 }
 
-// S[r, c] = inv_n[c] * sum_j W[j, c, tile] f[b0 + r, j, tile]   (the path through fbar, pre-scaled),
-// two groups x BB samples per pass so that each load feeds several multiply-adds.
-template <typename T, int KT, int BB>
-IG_INLINE void scaled_group_sums(const Problem<T>& p, int64_t b0, int64_t k0, Vec<T, KT>* S) {
-  using V = Vec<T, KT>;
-  constexpr int CB = 2;
-  int64_t c = 0;
-  for (; c + CB <= p.C; c += CB) {
-    V s[BB][CB];
-    for (int r = 0; r < BB; ++r)
-      for (int cb = 0; cb < CB; ++cb) s[r][cb] = V{};
-    for (int64_t j = 0; j < p.M; ++j) {
-      const V w0 = vload<V>(p.W + (j * p.C + c) * p.K + k0), w1 = vload<V>(p.W + (j * p.C + c + 1) * p.K + k0);
-      for (int r = 0; r < BB; ++r) {
-        const V x = vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0);
-        s[r][0] += w0 * x;
-        s[r][1] += w1 * x;
-      }
-    }
-    for (int r = 0; r < BB; ++r)
-      for (int cb = 0; cb < CB; ++cb) S[r * p.C + c + cb] = s[r][cb] * p.inv_n[c + cb];
+// S[b, c] = inv_n[c] sum_j f[b, j] W[j, c]: the path through fbar, pre-scaled.
+template <typename T, int KT>
+struct GroupSumsBody {
+  const Problem<T>& p;
+  Vec<T, KT>* S;  // [B, C]
+  int64_t k0;
+  template <int R, int Q>
+  IG_INLINE void block(int64_t b, int64_t c) const {
+    Vec<T, KT> acc[R][Q];
+    product_block<T, KT, R, Q>(p.f + b * p.M * p.K + k0, p.M * p.K, p.K, p.W + c * p.K + k0, p.K, p.C * p.K, p.M,
+                               acc);
+    IG_UNROLL for (int r = 0; r < R; ++r)
+      IG_UNROLL for (int q = 0; q < Q; ++q) S[(b + r) * p.C + c + q] = acc[r][q] * p.inv_n[c + q];
   }
-  for (; c < p.C; ++c) {
-    V s[BB];
-    for (int r = 0; r < BB; ++r) s[r] = V{};
-    for (int64_t j = 0; j < p.M; ++j) {
-      const V w = vload<V>(p.W + (j * p.C + c) * p.K + k0);
-      for (int r = 0; r < BB; ++r) s[r] += w * vload<V>(p.f + ((b0 + r) * p.M + j) * p.K + k0);
-    }
-    for (int r = 0; r < BB; ++r) S[r * p.C + c] = s[r] * p.inv_n[c];
-  }
-}
+};
 
-// df[b, j, tile] = gg[b] * (A[b, j] + S[b, q_j] / n_{q_j}) for BB samples from b0.
-// Outputs are addressed as out + row * ldo + ko: a packed tile reads with stride KT but writes into the
-// caller's [rows, K] tensor.
-template <typename T, int KT, int BB>
-IG_INLINE void df_block(const Problem<T>& p, const T* gg, int64_t b0, int64_t k0, const Vec<T, KT>* fbar,
-                        Vec<T, KT>* S, T* df, int64_t ldo, int64_t ko) {
-  using V = Vec<T, KT>;
-  scaled_group_sums<T, KT, BB>(p, b0, k0, S);
-  V a[BB];
-  for (int64_t j = 0; j < p.M; ++j) {
-    weighted_means<T, KT, BB>(p, j, k0, fbar, a);
-    for (int r = 0; r < BB; ++r)
-      vstore(df + ((b0 + r) * p.M + j) * ldo + ko, (a[r] + S[r * p.C + p.q[j]]) * gg[b0 + r]);
+// df[b, j] = gg[b] (A[b, j] + S[b, q_j]). Outputs are addressed as out + row * ldo + ko: a packed tile reads
+// with stride KT but writes into the caller's [rows, K] tensor.
+template <typename T, int KT>
+struct InputGradBody {
+  const Problem<T>& p;
+  const T* gg;
+  const Vec<T, KT>* fbar;  // [B, C]
+  const Vec<T, KT>* S;     // [B, C]
+  T* df;
+  int64_t k0, ldo, ko;
+  template <int R, int Q>
+  IG_INLINE void block(int64_t b, int64_t j) const {
+    Vec<T, KT> A[R][Q];
+    weighted_means<T, KT, R, Q>(p, fbar, b, j, k0, A);
+    IG_UNROLL for (int r = 0; r < R; ++r)
+      IG_UNROLL for (int q = 0; q < Q; ++q)
+        vstore(df + ((b + r) * p.M + j + q) * ldo + ko, (A[r][q] + S[(b + r) * p.C + p.q[j + q]]) * gg[b + r]);
   }
-}
+};
 
-// dW[j, c0 + cc, tile] = sum_b gg[b] f[b, j, tile] fbar[b, c0 + cc]; fbar_all is [B, C].
-template <typename T, int KT, int CC>
-IG_INLINE void dW_block(const Problem<T>& p, const T* gg, int64_t j, int64_t c0, int64_t k0,
-                        const Vec<T, KT>* fbar_all, T* dW, int64_t ldo, int64_t ko) {
-  using V = Vec<T, KT>;
-  V acc[CC];
-  for (int cc = 0; cc < CC; ++cc) acc[cc] = V{};
-  for (int64_t b = 0; b < p.B; ++b) {
-    const V x = vload<V>(p.f + (b * p.M + j) * p.K + k0) * gg[b];
-    const V* fb = fbar_all + b * p.C + c0;
-    for (int cc = 0; cc < CC; ++cc) acc[cc] += x * fb[cc];
+// dW[j, c] = sum_b f[b, j] fbar_g[b, c], with fbar_g = gg * fbar.
+template <typename T, int KT>
+struct WeightGradBody {
+  const Problem<T>& p;
+  const Vec<T, KT>* fbar_g;  // [B, C]
+  T* dW;
+  int64_t k0, ldo, ko;
+  template <int R, int Q>
+  IG_INLINE void block(int64_t j, int64_t c) const {
+    Vec<T, KT> acc[R][Q];
+    product_block<T, KT, R, Q>(p.f + j * p.K + k0, p.K, p.M * p.K, reinterpret_cast<const T*>(fbar_g + c), KT,
+                               p.C * KT, p.B, acc);
+    IG_UNROLL for (int r = 0; r < R; ++r)
+      IG_UNROLL for (int q = 0; q < Q; ++q) vstore(dW + ((j + r) * p.C + c + q) * ldo + ko, acc[r][q]);
   }
-  for (int cc = 0; cc < CC; ++cc) vstore(dW + (j * p.C + c0 + cc) * ldo + ko, acc[cc]);
-}
+};
 
 template <typename T, int KT>
 IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, T* df, T* dW, int64_t ldo, int64_t ko) {
-  VecBuffer<T, KT> fbar_buf(p.B * p.C), S_buf(kBlockB * p.C);
-  Vec<T, KT>* fbar_all = fbar_buf.get();
+  VecBuffer<T, KT> fbar_buf(p.B * p.C), S_buf(p.B * p.C);
+  Vec<T, KT>* fbar = fbar_buf.get();
   Vec<T, KT>* S = S_buf.get();
-  for (int64_t b = 0; b < p.B; ++b) group_means<T, KT>(p, b, k0, fbar_all + b * p.C);
-  int64_t b = 0;
-  for (; b + kBlockB <= p.B; b += kBlockB)
-    df_block<T, KT, kBlockB>(p, gg, b, k0, fbar_all + b * p.C, S, df, ldo, ko);
-  for (; b < p.B; ++b) df_block<T, KT, 1>(p, gg, b, k0, fbar_all + b * p.C, S, df, ldo, ko);
-  for (int64_t j = 0; j < p.M; ++j) {
-    int64_t c = 0;
-    for (; c + kBlockC <= p.C; c += kBlockC) dW_block<T, KT, kBlockC>(p, gg, j, c, k0, fbar_all, dW, ldo, ko);
-    for (; c < p.C; ++c) dW_block<T, KT, 1>(p, gg, j, c, k0, fbar_all, dW, ldo, ko);
-  }
+  group_means<T, KT>(p, 0, p.B, k0, fbar);
+  for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0});
+  for_blocks(p.B, p.M, InputGradBody<T, KT>{p, gg, fbar, S, df, k0, ldo, ko});
+  for (int64_t b = 0; b < p.B; ++b)  // fbar is no longer needed as is: reuse it for gg * fbar
+    for (int64_t c = 0; c < p.C; ++c) fbar[b * p.C + c] *= gg[b];
+  for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, dW, k0, ldo, ko});
 }
 
 // Tile widths: one 256-bit register of lanes.
@@ -366,7 +402,7 @@ at::Tensor group_energy_cpu(const at::Tensor& f_in, const at::Tensor& W_in, cons
     const auto p = make_problem<scalar_t>(f, W, groups, inv_n, s);
     const Tiling tiles(s.K, kTile<scalar_t>);
     // Samples are split into chunks too, so that small K still keeps every core busy.
-    const int64_t chunk = std::max<int64_t>(kBlockB, (s.B + 15) / 16 / kBlockB * kBlockB);
+    const int64_t chunk = std::max<int64_t>(kBlockR, (s.B + 15) / 16 / kBlockR * kBlockR);
     const int64_t n_chunks = (s.B + chunk - 1) / chunk;
     std::vector<double> partial(tiles.count * s.B, 0.0);  // per tile, so tasks never share an accumulator
     double* part = partial.data();
