@@ -19,6 +19,17 @@ def test_synth_faces_deterministic_and_in_range():
     assert not torch.equal(ia, SynthFaces(size=32, n=50, seed=4).render(torch.arange(10))[0])
 
 
+def test_synth_faces_large_requests_render_in_chunks_with_the_same_pixels():
+    ds = SynthFaces(size=16, n=300, seed=5)
+    ds.render_chunk = 32
+    idx = torch.tensor([7, 250, 3] + list(range(100, 170)))  # 73 indices: two full chunks and a partial one
+    img, lab = ds.render(idx)
+    assert img.shape == (73, 3, 16, 16) and lab.shape == (73, 16, 16)
+    for pos in (0, 1, 2, 40, 72):  # single images, drawn on their own, match their rows
+        one_img, one_lab = ds[int(idx[pos])]
+        assert torch.allclose(img[pos], one_img, atol=1e-6) and torch.equal(lab[pos], one_lab)
+
+
 def test_masks_cover_every_pixel_once_and_parts_appear():
     ds = SynthFaces(size=64, n=200, seed=0)
     img, lab = ds.render(torch.arange(200))

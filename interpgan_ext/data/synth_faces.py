@@ -29,7 +29,8 @@ class SynthFaces(torch.utils.data.Dataset):
     """n faces of size×size pixels, deterministic for `seed`. Items: (image [3,S,S] in [-1,1], labels [S,S] int64).
 
     Parameters for all n images are drawn up front (a few floats each); pixels are rendered on demand,
-    in batches by `render(indices)`, so 50k images cost no memory until used.
+    in batches by `render(indices)`, so 50k images cost no memory until used. Rendering all 50k at 64 px takes
+    about 27 s on 2 CPU cores (9 s at 32 px); `render(..., device="cuda")` draws on a GPU.
     """
 
     parts = PARTS
@@ -67,11 +68,25 @@ class SynthFaces(torch.utils.data.Dataset):
         return torch.stack([(p["smile"] > 0.3).float(), p["mouth_open"], p["eyes_open"], p["glasses"],
                             p["hair_color"], p["skin_tone"], p["cx"], p["cy"], p["long_hair"]], dim=1)
 
+    # Images are drawn this many at a time: the ~100 elementwise passes then run on tensors that stay in the
+    # CPU's cache (about 3x faster per image than whole batches of 1024 at 64 px), and memory stays bounded.
+    render_chunk = 64
+
     def render(self, indices, device=None):
         """Images [N,3,S,S] in [-1,1] and label maps [N,S,S] (int64 indices into PARTS), drawn on `device`
         (default CPU; on a GPU a batch costs next to nothing). The same indices give the same pixels anywhere."""
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
+        idx = torch.as_tensor(indices, dtype=torch.long).cpu().reshape(-1)
+        step = len(idx) if dev.type == "cuda" else self.render_chunk
+        if len(idx) <= step:
+            return self._render(idx, dev)
+        img = torch.empty(len(idx), 3, self.size, self.size, device=dev)
+        labels = torch.empty(len(idx), self.size, self.size, dtype=torch.long, device=dev)
+        for i in range(0, len(idx), step):
+            img[i:i + step], labels[i:i + step] = self._render(idx[i:i + step], dev)
+        return img, labels
+
+    def _render(self, idx, dev):
         p = {k: v[idx][:, None, None].to(dev) for k, v in self.params.items()}
         N, S = len(idx), self.size
         soft = 1.2 / S  # anti-aliasing width: about one pixel in [-1, 1] coordinates
@@ -80,17 +95,24 @@ class SynthFaces(torch.utils.data.Dataset):
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         # face frame: undo position, rotation and scale
         x, y = x[None] - p["cx"], y[None] - p["cy"]
-        c, s = torch.cos(p["angle"]), torch.sin(p["angle"])
-        u, v = (c * x + s * y) / p["scale"], (-s * x + c * y) / p["scale"]
+        c, s = torch.cos(p["angle"]) / p["scale"], torch.sin(p["angle"]) / p["scale"]
+        u, v = torch.addcmul(c * x, s, y), torch.addcmul(c * y, -s, x)
         sc = soft / p["scale"]
+
+        # Shapes are sigmoids of a signed distance, in units of the anti-aliasing width. Per-image constants
+        # ([N, 1, 1]) are folded first, so that each shape costs a handful of full-size passes. (torch.hypot is
+        # 3x slower than this sqrt on the CPU.)
+        def norm(a, b):
+            return torch.addcmul(a * a, b, b).sqrt_()
 
         def ellipse(cx, cy, rx, ry):
             rx, ry = torch.as_tensor(rx, device=dev), torch.as_tensor(ry, device=dev)
-            d = torch.sqrt(((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2)
-            return torch.sigmoid((1 - d) * torch.minimum(rx, ry) / sc)
+            d = norm((u - cx) / rx, (v - cy) / ry)
+            k = torch.minimum(rx, ry) / sc
+            return torch.sigmoid(torch.addcmul(k, d, -k))  # (1 - d) * k
 
         def ring(cx, cy, r, width):
-            d = torch.sqrt((u - cx) ** 2 + (v - cy) ** 2)
+            d = norm(u - cx, v - cy)
             return torch.sigmoid((width - (d - r).abs()) / sc)
 
         fw, fh = p["face_w"], p["face_h"]
@@ -109,12 +131,14 @@ class SynthFaces(torch.utils.data.Dataset):
         # a smile bends the mouth up at its corners: shift v by a parabola in u
         my, mw = p["mouth_y"], p["mouth_w"]
         mh = 0.025 + 0.06 * p["mouth_open"]
-        bend = p["smile"] * 0.25 * (u / mw) ** 2 * mw
-        dm = torch.sqrt((u / mw) ** 2 + ((v + bend - my) / mh) ** 2)
-        mouth = torch.sigmoid((1 - dm) * mh / sc)
+        un = u / mw
+        bend = un * un * (p["smile"] * 0.25 * mw)
+        dm = norm(un, (v + bend - my) / mh)
+        k = mh / sc
+        mouth = torch.sigmoid(torch.addcmul(k, dm, -k))
         gl = p["glasses"]
         glasses = gl * torch.clamp(ring(-ex, ey, er * 1.6, 0.018) + ring(ex, ey, er * 1.6, 0.018)
-                                   + ellipse(0.0, ey - 0.02, ex - er * 1.6, 0.014) * (u.abs() < ex - er * 1.5).float(), 0, 1)
+                                   + ellipse(0.0, ey - 0.02, ex - er * 1.6, 0.014) * (u.abs() < ex - er * 1.5), 0, 1)
 
         # colours
         skin_rgb = _lerp_palette(_SKIN.to(dev), p["skin_tone"][:, 0, 0])[:, :, None, None]
@@ -139,8 +163,8 @@ class SynthFaces(torch.utils.data.Dataset):
         img = bg_rgb.expand(N, 3, S, S).clone()
         labels = torch.zeros(N, S, S, dtype=torch.long, device=dev)
         for mask, rgb, part in layers:
-            img = img * (1 - mask[:, None]) + rgb * mask[:, None]
-            labels[mask > 0.5] = PARTS.index(part)
+            img = torch.lerp(img, rgb.expand_as(img), mask[:, None])  # img * (1 - mask) + rgb * mask
+            labels.masked_fill_(mask > 0.5, PARTS.index(part))
         return img.clamp(0, 1) * 2 - 1, labels
 
     def masks(self, labels: torch.Tensor) -> torch.Tensor:
