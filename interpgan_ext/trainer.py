@@ -19,6 +19,9 @@ of different sizes. A 64 px run with lambda2 = 1e-3 on the raw energy (M*K = 655
 outweigh the GAN loss 50 to 1 and collapsed the colours (bench/results/gpu_train/). So the trainer applies
 lambda2 to L_cd / (M*K) and L_real / (M*K), and lambda_gmm to L_gmm / D. The logged L_cd, L_real and L_gmm are
 the SPEC's raw values.
+
+`gmm_relative_reg` (default 0, the SPEC's plain EM) floors the GMM's variances. L_gmm with refitted variances
+tightens the groups at every refit; see FilterPartition.relative_reg and bench/results/README.md.
 """
 import copy
 import json
@@ -67,6 +70,7 @@ class TrainConfig:
     gmm_every: int = 100
     gmm_images: int = 64           # N images per filter descriptor
     gmm_backend: str = "torch"
+    gmm_relative_reg: float = 0.0  # variance floor of the GMM, relative (see FilterPartition.relative_reg)
     w_max: float = 1.0
     gan_loss: str = "logistic"     # or "hinge"
     r1_gamma: float = 0.0
@@ -194,7 +198,8 @@ class Trainer:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
         self.energy_scale = 1.0 / (self.n_filters * H * W)  # lambda2 weighs the energy per filter-position
-        self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, seed=cfg.seed)
+        self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, relative_reg=cfg.gmm_relative_reg,
+                                         seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
                                        prior_weight=1.0, drift_clip=cfg.drift_clip)
         betas = (cfg.beta1, cfg.beta2)

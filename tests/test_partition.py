@@ -38,6 +38,21 @@ def test_torch_and_sklearn_find_the_same_partition():
     assert adjusted_rand(qt, qs) >= 0.95
 
 
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_relative_reg_floors_the_variances_and_keeps_the_partition(backend):
+    X, truth = clusters(spread=0.05)
+    mean_var = X.double().var(0, unbiased=False).mean().item()
+    plain = FilterPartition(4, backend=backend, seed=3).fit(X)
+    floored = FilterPartition(4, backend=backend, seed=3, relative_reg=0.3).fit(X)
+    assert plain.variances.max() < 0.1 * mean_var  # tight clusters: without the floor, tiny variances
+    assert floored.variances.min() >= 0.3 * mean_var * (1 - 1e-5)
+    assert adjusted_rand(floored.q, truth) >= 0.95
+    # the floor bounds L_gmm's pull on descriptors that stray from their group mean (gradient ~ 1 / variance)
+    strayed = (X + 0.1).requires_grad_(True)
+    pull = [torch.autograd.grad(p.log_likelihood(strayed).sum(), strayed)[0].norm() for p in (plain, floored)]
+    assert pull[1] < pull[0] / 5
+
+
 def test_posteriors_are_distributions():
     X, _ = clusters()
     p = FilterPartition(4).fit(X)
@@ -78,6 +93,8 @@ def test_descriptors_are_standardised_and_pooled():
 def test_bad_input():
     with pytest.raises(ValueError):
         FilterPartition(0)
+    with pytest.raises(ValueError, match="relative_reg"):
+        FilterPartition(2, relative_reg=-0.1)
     with pytest.raises(ValueError, match="NaN"):
         FilterPartition(2).fit(torch.tensor([[0.0, float("nan")], [1.0, 1.0], [2.0, 2.0]]))
     with pytest.raises(ValueError, match="M >= 3"):

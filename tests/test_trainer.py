@@ -77,9 +77,11 @@ def test_cli_train_and_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--size", "16", "--width", "8", "--steps", "3", "--out", out, "--batch-size", "4",
             "--n-groups", "2", "--n-images", "32", "--gmm-every", "2", "--langevin-steps", "1", "--no-progress",
-            "--device", "cpu"]
+            "--device", "cpu", "--gmm-relative-reg", "0.25"]
     cli_main(args)
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
+    with open(os.path.join(out, "config.json")) as fh:
+        assert json.load(fh)["config"]["gmm_relative_reg"] == 0.25
     with pytest.raises(SystemExit):
         cli_main(args)  # refuses to overwrite a run
     cli_main(["train", "--out", out, "--resume", "--steps", "5", "--no-progress"])
