@@ -192,7 +192,8 @@ def main(argv=None):
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, typ in (("batch_size", int), ("n_groups", int), ("lambda0", float), ("lambda2", float),
                       ("lambda3", float), ("lambda_gmm", float), ("langevin_steps", int), ("langevin_step_size", float),
-                      ("gmm_every", int), ("gmm_relative_reg", float), ("seed", int), ("lr_g", float), ("lr_d", float), ("device", str)):
+                      ("gmm_every", int), ("gmm_relative_reg", float), ("seed", int), ("lr_g", float),
+                      ("lr_d", float), ("device", str)):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     tr.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
     sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")
