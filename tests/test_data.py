@@ -21,7 +21,7 @@ def test_synth_faces_deterministic_and_in_range():
 
 def test_synth_faces_large_requests_render_in_chunks_with_the_same_pixels():
     ds = SynthFaces(size=16, n=300, seed=5)
-    ds.render_chunk = 32
+    ds.render_pixels = 32 * 16 * 16  # chunks of 32 images
     idx = torch.tensor([7, 250, 3] + list(range(100, 170)))  # 73 indices: two full chunks and a partial one
     img, lab = ds.render(idx)
     assert img.shape == (73, 3, 16, 16) and lab.shape == (73, 16, 16)

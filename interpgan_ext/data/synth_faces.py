@@ -3,8 +3,8 @@
 Every image comes with a label map over PARTS (each pixel has exactly one label), and per-image attributes.
 Faces vary in position, scale, rotation, feature sizes and spacing, colours, background, hair style,
 mouth (smile / open), eyes (open / closed) and glasses. Shapes are anti-aliased: each part is a soft mask
-(a sigmoid of its signed distance, about one pixel wide) composited in painter's order, and the label of a
-pixel is the top-most part covering more than half of it.
+(a linear ramp of its signed distance, 2.4 pixels wide) composited in painter's order, and the label of a
+pixel is the top-most part covering half of it or more.
 """
 import math
 
@@ -25,15 +25,50 @@ def _lerp_palette(palette, t):
     return palette[i] * (1 - w) + palette[i + 1] * w
 
 
+# Shapes are anti-aliased with a linear coverage ramp across their edge, this many pixels wide.
+_EDGE_PX = 2.4
+_EYE_RGB, _GLASSES_RGB = [0.08, 0.08, 0.12], [0.15, 0.15, 0.2]
+_MOUTH_OPEN_RGB, _LIPS_RGB = [0.3, 0.05, 0.05], [0.75, 0.25, 0.3]
+# Painter's order, bottom up. Past the hair behind the face, it is also the order of PARTS.
+_LAYERS = ["hair", "skin", "hair", "left_eye", "right_eye", "brows", "nose", "mouth", "glasses"]
+
+
+class _Planes:
+    """E affine functions of the pixel position per face, f = px * x + py * y + k0, each [N, E].
+
+    Every distance in a face is affine in the pixel position once the face's offset, rotation and scale are known,
+    so a shape costs one broadcast add of a row and a column per plane, plus a few passes over its pixels."""
+
+    def __init__(self, px, py, k0):
+        self.px, self.py, self.k0 = px, py, k0
+
+    @staticmethod
+    def in_face(frame, a_u, a_v, c):
+        """a_u * u + a_v * v + c, where (u, v) are the face's own coordinates (centred, upright, unit scale)."""
+        cx, cy, cos, sin = frame
+        px, py = a_u * cos - a_v * sin, a_u * sin + a_v * cos
+        return _Planes(px, py, c - cx * px - cy * py)
+
+    def __getitem__(self, rows):
+        return _Planes(self.px[rows], self.py[rows], self.k0[rows])
+
+    def draw(self, axis):
+        """Values at every pixel: [N, E, S, S] (axis: the S pixel centres in [-1, 1])."""
+        row = torch.addcmul(self.k0[..., None, None], self.px[..., None, None], axis)
+        return row + self.py[..., None, None] * axis[:, None]
+
+
 class SynthFaces(torch.utils.data.Dataset):
     """n faces of size×size pixels, deterministic for `seed`. Items: (image [3,S,S] in [-1,1], labels [S,S] int64).
 
     Parameters for all n images are drawn up front (a few floats each); pixels are rendered on demand,
     in batches by `render(indices)`, so 50k images cost no memory until used. Rendering all 50k at 64 px takes
-    about 27 s on 2 CPU cores (9 s at 32 px); `render(..., device="cuda")` draws on a GPU.
+    about 15 s on 2 CPU cores (4 s at 32 px); `render(..., device="cuda")` draws on a GPU.
     """
 
     parts = PARTS
+    # Bumped whenever the same seed draws different pixels, so that models cached on older images are retrained.
+    renderer_version = 2
 
     def __init__(self, size: int = 64, n: int = 50000, seed: int = 0):
         if size < 8:
@@ -68,104 +103,126 @@ class SynthFaces(torch.utils.data.Dataset):
         return torch.stack([(p["smile"] > 0.3).float(), p["mouth_open"], p["eyes_open"], p["glasses"],
                             p["hair_color"], p["skin_tone"], p["cx"], p["cy"], p["long_hair"]], dim=1)
 
-    # Images are drawn this many at a time: the ~100 elementwise passes then run on tensors that stay in the
-    # CPU's cache (1.6x faster per image than batches of 1024 at 64 px), and memory stays bounded.
-    render_chunk = 64
+    # Pixels are drawn about this many at a time (N * size * size): the ~100 passes over them then stay in the CPU's
+    # cache, and memory stays bounded. A GPU takes 64x larger chunks.
+    render_pixels = 1 << 17
 
     def render(self, indices, device=None):
         """Images [N,3,S,S] in [-1,1] and label maps [N,S,S] (int64 indices into PARTS), drawn on `device`
         (default CPU; on a GPU a batch costs next to nothing). The same indices give the same pixels anywhere."""
         dev = torch.device(device) if device is not None else torch.device("cpu")
         idx = torch.as_tensor(indices, dtype=torch.long).cpu().reshape(-1)
-        step = len(idx) if dev.type == "cuda" else self.render_chunk
+        faces = self._geometry(idx, dev)
+        pixels = self.render_pixels * (64 if dev.type == "cuda" else 1)
+        step = max(1, pixels // self.size ** 2)
         if len(idx) <= step:
-            return self._render(idx, dev)
+            return self._draw(faces)
         img = torch.empty(len(idx), 3, self.size, self.size, device=dev)
         labels = torch.empty(len(idx), self.size, self.size, dtype=torch.long, device=dev)
         for i in range(0, len(idx), step):
-            img[i:i + step], labels[i:i + step] = self._render(idx[i:i + step], dev)
+            img[i:i + step], labels[i:i + step] = self._draw({k: v[i:i + step] for k, v in faces.items()})
         return img, labels
 
-    def _render(self, idx, dev):
-        p = {k: v[idx][:, None, None].to(dev) for k, v in self.params.items()}
+    def _geometry(self, idx, dev):
+        """Everything about the faces `idx` but their pixels: each shape as planes (see _Planes) with the per-face
+        numbers that turn them into coverage, and the colours of the layers. Small: a few hundred floats a face."""
+        p = {k: v[idx].to(dev)[:, None] for k, v in self.params.items()}  # [N, 1]
         N, S = len(idx), self.size
-        soft = 1.2 / S  # anti-aliasing width: about one pixel in [-1, 1] coordinates
-        axis = (torch.arange(S, device=dev) + 0.5) / S * 2 - 1
-        const = lambda rgb: torch.tensor(rgb, device=dev)[None, :, None, None]  # noqa: E731
-        y, x = torch.meshgrid(axis, axis, indexing="ij")
-        # face frame: undo position, rotation and scale
-        x, y = x[None] - p["cx"], y[None] - p["cy"]
-        c, s = torch.cos(p["angle"]) / p["scale"], torch.sin(p["angle"]) / p["scale"]
-        u, v = torch.addcmul(c * x, s, y), torch.addcmul(c * y, -s, x)
-        sc = soft / p["scale"]
+        frame = (p["cx"], p["cy"], torch.cos(p["angle"]) / p["scale"], torch.sin(p["angle"]) / p["scale"])
+        # Coverage is a ramp of the signed distance to a shape's edge; `gain` turns face units into ramp units.
+        gain = p["scale"] / (_EDGE_PX * 2 / S)
+        cat = lambda *cols: torch.cat(torch.broadcast_tensors(*cols), 1)  # noqa: E731  [N, E]
+        zero = torch.zeros_like(gain)
+        out = {"gain": gain}
 
-        # Shapes are sigmoids of a signed distance, in units of the anti-aliasing width. Per-image constants
-        # ([N, 1, 1]) are folded first, so that each shape costs a handful of full-size passes. (torch.hypot is
-        # 3x slower than this sqrt on the CPU.)
-        def norm(a, b):
-            return torch.addcmul(a * a, b, b).sqrt_()
+        # Ellipses. To first order, (1 - q) / 2 * min radius is the distance to the edge (q: the squared normalised
+        # radius), and only the ramp's few pixels around the edge matter; this keeps the square root out.
+        # sqrt(k) scales both axes, so that coverage = clamp(k + 1/2 - q k).
+        fw, fh, ex, ey, er, nose = p["face_w"], p["face_h"], p["eye_dx"], p["eye_y"], p["eye_r"], p["nose_len"]
+        eye_ry, brow_y, lens_r = er * (0.2 + 0.5 * p["eyes_open"]), ey - p["brow_gap"], er * 1.6
+        # face, head (hair cap), long hair, left eye, right eye, left brow, right brow, nose, glasses' bridge
+        cx = cat(zero, zero, zero, -ex, ex, -ex, ex, zero, zero)
+        cy = cat(zero, zero - 0.08, zero + 0.25, ey, ey, brow_y, brow_y, ey + 0.06 + nose, ey - 0.02)
+        rx = cat(fw, fw * 1.12, fw * 1.25, er, er, er * 1.3, er * 1.3, er * 0.55, ex - lens_r)
+        ry = cat(fh, fh, fh * 1.1, eye_ry, eye_ry, er * 0.28, er * 0.28, nose * 0.9, zero + 0.014)
+        k = torch.minimum(rx, ry) * gain / 2
+        g = k.sqrt()
+        out["ellipse_u"] = _Planes.in_face(frame, g / rx, 0, -g * cx / rx)
+        out["ellipse_v"] = _Planes.in_face(frame, 0, g / ry, -g * cy / ry)
+        out["ellipse_top"] = k + 0.5
 
-        def ellipse(cx, cy, rx, ry):
-            rx, ry = torch.as_tensor(rx, device=dev), torch.as_tensor(ry, device=dev)
-            d = norm((u - cx) / rx, (v - cy) / ry)
-            k = torch.minimum(rx, ry) / sc
-            return torch.sigmoid(torch.addcmul(k, d, -k))  # (1 - d) * k
+        # The glasses' rims: rings around the eyes, in ramp units: coverage = clamp(1/2 + width - |d - r|).
+        out["ring_u"] = _Planes.in_face(frame, gain, 0, gain * cat(ex, -ex))
+        out["ring_v"] = _Planes.in_face(frame, 0, gain, -gain * ey)
+        out["ring_r"], out["ring_top"] = gain * lens_r, 0.5 + gain * 0.018
 
-        def ring(cx, cy, r, width):
-            d = norm(u - cx, v - cy)
-            return torch.sigmoid((width - (d - r).abs()) / sc)
-
-        fw, fh = p["face_w"], p["face_h"]
-        face = ellipse(0.0, 0.0, fw, fh)
-        head = ellipse(0.0, -0.08, fw * 1.12, fh * 1.0)  # hair cap
-        cap = head * torch.sigmoid((p["hairline"] - v) / sc) + head * (1 - face)
-        long_hair = p["long_hair"] * ellipse(0.0, 0.25, fw * 1.25, fh * 1.1) * torch.sigmoid((v + 0.1) / sc)
-        hair = torch.clamp(cap + long_hair * (1 - face), 0, 1)
-        ex, ey, er = p["eye_dx"], p["eye_y"], p["eye_r"]
-        eye_ry = er * (0.2 + 0.5 * p["eyes_open"])
-        left_eye = ellipse(-ex, ey, er, eye_ry)
-        right_eye = ellipse(ex, ey, er, eye_ry)
-        by = ey - p["brow_gap"]
-        brows = torch.maximum(ellipse(-ex, by, er * 1.3, er * 0.28), ellipse(ex, by, er * 1.3, er * 0.28))
-        nose = ellipse(0.0, ey + 0.06 + p["nose_len"], er * 0.55, p["nose_len"] * 0.9)
-        # a smile bends the mouth up at its corners: shift v by a parabola in u
+        # The mouth: an ellipse whose v is shifted by a parabola in u, so that a smile bends it up at the corners.
         my, mw = p["mouth_y"], p["mouth_w"]
         mh = 0.025 + 0.06 * p["mouth_open"]
-        un = u / mw
-        bend = un * un * (p["smile"] * 0.25 * mw)
-        dm = norm(un, (v + bend - my) / mh)
-        k = mh / sc
-        mouth = torch.sigmoid(torch.addcmul(k, dm, -k))
-        gl = p["glasses"]
-        glasses = gl * torch.clamp(ring(-ex, ey, er * 1.6, 0.018) + ring(ex, ey, er * 1.6, 0.018)
-                                   + ellipse(0.0, ey - 0.02, ex - er * 1.6, 0.014) * (u.abs() < ex - er * 1.5), 0, 1)
+        k = mh * gain / 2
+        g = k.sqrt()
+        out["mouth_u"] = _Planes.in_face(frame, g / mw, 0, 0)
+        out["mouth_v"] = _Planes.in_face(frame, 0, g / mh, -g * my / mh)
+        out["mouth_bend"], out["mouth_top"] = p["smile"] * 0.25 * mw / (mh * g), k + 0.5
 
-        # colours
-        skin_rgb = _lerp_palette(_SKIN.to(dev), p["skin_tone"][:, 0, 0])[:, :, None, None]
-        hair_rgb = _lerp_palette(_HAIR.to(dev), p["hair_color"][:, 0, 0])[:, :, None, None]
-        hue = p["bg_hue"][:, 0, 0] * 2 * math.pi
-        bg = torch.stack([torch.cos(hue), torch.cos(hue - 2.09), torch.cos(hue + 2.09)], 1) * 0.25
-        bg_rgb = (p["bg_light"][:, 0, 0, None] + bg).clamp(0, 1)[:, :, None, None]
-        eye_rgb = const([0.08, 0.08, 0.12])
-        shade = 1 - 0.15 * (x[:, None] + 0.6 * y[:, None])  # light from the top left
-        layers = [  # painter's order: (mask, colour, part)
-            (hair * (1 - face), hair_rgb, "hair"),
-            (face, skin_rgb * shade, "skin"),
-            (hair * torch.sigmoid((p["hairline"] + 0.02 - v) / sc) * face, hair_rgb, "hair"),
-            (brows, hair_rgb * 0.6, "brows"),
-            (left_eye, eye_rgb, "left_eye"),
-            (right_eye, eye_rgb, "right_eye"),
-            (nose, skin_rgb * 0.8, "nose"),
-            (mouth, torch.where(p["mouth_open"][:, None] > 0.5, const([0.3, 0.05, 0.05]), const([0.75, 0.25, 0.3])),
-             "mouth"),
-            (glasses, const([0.15, 0.15, 0.2]), "glasses"),
-        ]
-        img = bg_rgb.expand(N, 3, S, S).clone()
-        labels = torch.zeros(N, S, S, dtype=torch.long, device=dev)
-        for mask, rgb, part in layers:
-            img = torch.lerp(img, rgb.expand_as(img), mask[:, None])  # img * (1 - mask) + rgb * mask
-            labels.masked_fill_(mask > 0.5, PARTS.index(part))
-        return img.clamp(0, 1) * 2 - 1, labels
+        # Half-planes: above the hairline (a little below it: the fringe over the face), and below v = -0.1
+        # (long hair), as coverage: 1/2 + the signed distance in ramp units.
+        out["half"] = _Planes.in_face(frame, 0, gain * cat(zero - 1, zero + 1),
+                                     0.5 + gain * cat(p["hairline"] + 0.02, zero + 0.1))
+        out["long_hair"], out["glasses"] = p["long_hair"], p["glasses"]
+        # light from the top left: the skin's brightness changes by -0.15 x - 0.09 y (image coordinates)
+        out["light"] = _Planes(zero - 0.15, zero - 0.09, 0.15 * p["cx"] + 0.09 * p["cy"])
+
+        # Colours, one per layer over the background, as 2 rgb - 1 (the images' range).
+        skin = _lerp_palette(_SKIN.to(dev), p["skin_tone"][:, 0])
+        hair = _lerp_palette(_HAIR.to(dev), p["hair_color"][:, 0])
+        hue = p["bg_hue"][:, 0] * 2 * math.pi
+        bg = (p["bg_light"] + torch.stack([torch.cos(hue), torch.cos(hue - 2.09), torch.cos(hue + 2.09)], 1) * 0.25)
+        rgb = lambda c: torch.tensor(c, device=dev).expand(N, 3)  # noqa: E731
+        mouth = torch.where(p["mouth_open"] > 0.5, rgb(_MOUTH_OPEN_RGB), rgb(_LIPS_RGB))
+        layers = [bg.clamp(0, 1), hair, skin, hair, rgb(_EYE_RGB), rgb(_EYE_RGB), hair * 0.6, skin * 0.8, mouth,
+                  rgb(_GLASSES_RGB)]
+        out["colours"] = torch.stack(layers, 1) * 2 - 1  # [N, 1 + len(_LAYERS), 3]
+        out["skin_light"] = skin * 2
+        return out
+
+    def _draw(self, faces):
+        """Images and labels for the faces of one chunk, from their geometry."""
+        axis = (torch.arange(self.size, device=faces["gain"].device, dtype=torch.float32) + 0.5) / self.size * 2 - 1
+        ramp_down = lambda q, top: torch.sub(top[..., None, None], q, out=q).clamp_(0, 1)  # noqa: E731
+        ell = faces["ellipse_u"].draw(axis).square_()
+        v = faces["ellipse_v"].draw(axis)
+        ell = ramp_down(ell.addcmul_(v, v), faces["ellipse_top"]).unbind(1)
+        face, head, long_hair, left_eye, right_eye, left_brow, right_brow, nose, bridge = ell
+        d = faces["ring_u"].draw(axis).square_()
+        v = faces["ring_v"].draw(axis)
+        rims = ramp_down(d.addcmul_(v, v).sqrt_().sub_(faces["ring_r"][..., None, None]).abs_(), faces["ring_top"])
+        u2 = faces["mouth_u"].draw(axis).square_()
+        v = faces["mouth_v"].draw(axis).addcmul_(u2, faces["mouth_bend"][..., None, None])
+        mouth = ramp_down(u2.addcmul_(v, v), faces["mouth_top"])[:, 0]
+        fringe, below = faces["half"].draw(axis).clamp_(0, 1).unbind(1)
+
+        hair = head.addcmul(long_hair, below * faces["long_hair"][..., None]).clamp_(0, 1)
+        glasses = (rims.sum(1) + bridge).clamp_(0, 1).mul_(faces["glasses"][..., None])
+        # the hair behind the face is painted whole (only off the face, it would leave a seam of background where both
+        # are half on), and labelled only off the face
+        masks = [hair, face, hair * fringe * face, left_eye, right_eye,
+                 torch.maximum(left_brow, right_brow), nose, mouth, glasses]  # in the order of _LAYERS
+
+        colours = faces["colours"][..., None, None]  # [N, layers + 1, 3, 1, 1]
+        img = colours[:, 0].expand(-1, -1, self.size, self.size).clone()
+        # The label is the top-most part covering half the pixel or more: floor(mask + 1/2) is 1 there (0 under it),
+        # and the parts' numbers grow up the painter's order, past the hair behind the face, labelled off the face.
+        top = torch.zeros_like(face)
+        for i, (mask, part) in enumerate(zip(masks, _LAYERS), start=1):
+            target = colours[:, i]
+            if part == "skin":
+                target = target + faces["skin_light"][..., None, None] * faces["light"].draw(axis)
+            img.lerp_(target.expand_as(img), mask[:, None])
+            if i == 1:
+                mask = mask * (1 - face)
+            torch.maximum(top, mask.add(0.5).floor_().mul_(PARTS.index(part)), out=top)
+        return img.clamp_(-1, 1), top.long()
 
     def masks(self, labels: torch.Tensor) -> torch.Tensor:
         """One-hot part masks [N, len(PARTS), S, S] from label maps."""

@@ -10,9 +10,12 @@ def load_or_train(path: Optional[str], steps: int, build: Callable[[dict], torch
                   train: Callable[[], torch.nn.Module], evaluate: Callable[[torch.nn.Module], dict], device="cpu",
                   extra: Optional[dict] = None):
     """(model, scores). Loads `path` when it holds a model trained for `steps` steps with the same `extra`
-    (architecture and the like: a cache from an older layout is retrained, not mis-loaded); else trains, evaluates
-    and saves it there atomically (`path=None`: no cache). `build(saved)` makes an empty model from what was saved."""
-    extra = extra or {}
+    (architecture and the like: a cache from an older layout is retrained, not mis-loaded) and the same SynthFaces
+    renderer (one trained on images drawn otherwise is retrained too); else trains, evaluates and saves it there
+    atomically (`path=None`: no cache). `build(saved)` makes an empty model from what was saved."""
+    from ..data import SynthFaces
+
+    extra = {**(extra or {}), "synthfaces_renderer": SynthFaces.renderer_version}
     if path and os.path.exists(path):
         state = torch.load(path, map_location=device, weights_only=False)
         if state.get("steps") == steps and all(state.get(k) == v for k, v in extra.items()):
