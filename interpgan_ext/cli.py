@@ -120,7 +120,7 @@ def _segmenter_for(run, args):
           f"mIoU {scores['miou']:.3f}")
     if scores["miou"] < args.min_seg_miou:
         small = ("" if run.meta["size"] >= 64 else
-                 f" At {run.meta['size']} px it levels off near 0.89 however long it trains (the brows are a pixel "
+                 f" At {run.meta['size']} px it levels off below 0.9 however long it trains (the brows are a pixel "
                  f"thick), so there the choice is a run at 64 px, or a lower bar.")
         sys.exit(f"interpgan eval: the part segmenter's held-out mIoU {scores['miou']:.3f} is below "
                  f"--min-seg-miou {args.min_seg_miou}; its labels are not good enough to measure with. Train it "
@@ -192,8 +192,8 @@ def main(argv=None):
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, typ in (("batch_size", int), ("n_groups", int), ("lambda0", float), ("lambda2", float),
                       ("lambda3", float), ("lambda_gmm", float), ("langevin_steps", int), ("langevin_step_size", float),
-                      ("gmm_every", int), ("gmm_relative_reg", float), ("seed", int), ("lr_g", float),
-                      ("lr_d", float), ("device", str)):
+                      ("gmm_every", int), ("gmm_relative_reg", float), ("gmm_loss", str), ("seed", int),
+                      ("lr_g", float), ("lr_d", float), ("device", str)):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     tr.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
     sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")

@@ -141,6 +141,19 @@ class FilterPartition:
         mu, var = self.means[self.q].to(X), self.variances[self.q].to(X)
         return -0.5 * (((X - mu) ** 2) / var + torch.log(2 * math.pi * var)).sum(dim=1)
 
+    def log_posterior(self, X: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """log P_T(q_j | F^j) per filter [M], differentiable in X; the GMM is held fixed. The posterior is tempered:
+        the groups' log-joint densities are divided by `temperature` before the softmax. (In the D dimensions of a
+        descriptor the plain posterior is 0 or 1 to machine precision, so it has no gradient; at T = D it
+        compares mean per-dimension log densities.)"""
+        if self.q is None:
+            raise RuntimeError("FilterPartition.log_posterior: call fit() first")
+        if not temperature > 0:
+            raise ValueError(f"FilterPartition.log_posterior: temperature must be > 0, got {temperature}")
+        means, variances = self.means.to(X), self.variances.to(X)
+        joint = _log_gauss_diag(X, means, variances) + torch.log(self.weights.to(X))[None]
+        return torch.log_softmax(joint / temperature, dim=1).gather(1, self.q.to(X.device)[:, None])[:, 0]
+
     def group_sizes(self) -> torch.Tensor:
         return torch.bincount(self.q, minlength=self.n_groups)
 

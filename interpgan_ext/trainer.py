@@ -22,6 +22,10 @@ the SPEC's raw values.
 
 `gmm_relative_reg` (default 0, the SPEC's plain EM) floors the GMM's variances. L_gmm with refitted variances
 tightens the groups at every refit; see FilterPartition.relative_reg and bench/results/README.md.
+`gmm_loss="posterior"` replaces L_gmm by -(1/M) sum_j log P_T(q_j | F^j), the posterior of each filter's group
+tempered at T = D (FilterPartition.log_posterior), closer to the paper's "sum of posteriors": it pulls a filter
+towards its group and away from the others only while they are confusable, so it stops pulling once groups are
+apart, instead of pulling filters into copies. It is already per dimension, so lambda_gmm applies to it as is.
 """
 import copy
 import json
@@ -71,6 +75,7 @@ class TrainConfig:
     gmm_images: int = 64           # N images per filter descriptor
     gmm_backend: str = "torch"
     gmm_relative_reg: float = 0.0  # variance floor of the GMM, relative (see FilterPartition.relative_reg)
+    gmm_loss: str = "likelihood"   # L_gmm: "likelihood" (SPEC §5) or "posterior" (tempered; see below)
     w_max: float = 1.0
     gan_loss: str = "logistic"     # or "hinge"
     r1_gamma: float = 0.0
@@ -85,6 +90,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.gan_loss not in ("logistic", "hinge"):
             raise ValueError(f"TrainConfig.gan_loss must be 'logistic' or 'hinge', got {self.gan_loss!r}")
+        if self.gmm_loss not in ("likelihood", "posterior"):
+            raise ValueError(f"TrainConfig.gmm_loss must be 'likelihood' or 'posterior', got {self.gmm_loss!r}")
         for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -322,10 +329,14 @@ class Trainer:
                 with frozen_batchnorm_stats(self.G), self._autocast():
                     f_ref = self.extractor.features(self.z_gmm)
                 desc = filter_descriptors(f_ref.float())
-                L_gmm = -self.partition.log_likelihood(desc).mean()
+                if cfg.gmm_loss == "posterior":
+                    L_gmm = -self.partition.log_posterior(desc, temperature=desc.shape[1]).mean()
+                    gmm_term = L_gmm
+                else:
+                    L_gmm = -self.partition.log_likelihood(desc).mean()
+                    gmm_term = L_gmm / desc.shape[1]
                 L_real = self.energy.loss_real(f.float(), self.q)
-                loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * L_gmm / desc.shape[1]
-                                                 + cfg.lambda2 * self.energy_scale * L_real)
+                loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * gmm_term + cfg.lambda2 * self.energy_scale * L_real)
                 logs.update(L_gmm=L_gmm.item(), L_real=L_real.item(), energy=-L_real.item())
             self.opt_G.zero_grad(set_to_none=True)
             loss_G.backward()

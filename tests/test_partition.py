@@ -1,4 +1,4 @@
-"""FilterPartition: EM monotonicity, agreement with sklearn, descriptors, and L_gmm's log-likelihood."""
+"""FilterPartition: EM monotonicity, agreement with sklearn, descriptors, and L_gmm's log-likelihood and posterior."""
 import math
 
 import pytest
@@ -74,6 +74,33 @@ def test_log_likelihood_matches_direct_formula_and_is_differentiable():
     assert torch.allclose(ll, direct, rtol=1e-4, atol=1e-4)
     ll.sum().backward()
     assert torch.isfinite(Xg.grad).all() and Xg.grad.abs().sum() > 0
+
+
+def test_log_posterior_matches_direct_formula_and_saturates_once_groups_are_apart():
+    X, _ = clusters(n_per=5, C=3, D=4, spread=0.5)
+    p = FilterPartition(3).fit(X)
+    for T in (1.0, 7.0):
+        Xg = X.clone().requires_grad_(True)
+        lp = p.log_posterior(Xg, temperature=T)
+        joint = torch.stack([
+            torch.stack([math.log(p.weights[c]) + sum(
+                -0.5 * math.log(2 * math.pi * p.variances[c, d]) - 0.5 * (X[j, d] - p.means[c, d]) ** 2
+                / p.variances[c, d] for d in range(4)) for c in range(3)])
+            for j in range(len(X))
+        ]).double() / T
+        direct = joint[torch.arange(len(X)), p.q] - torch.logsumexp(joint, 1)
+        assert torch.allclose(lp.double(), direct, rtol=1e-4, atol=1e-4), T
+        assert torch.all(lp <= 1e-6)
+        lp.sum().backward()
+        assert torch.isfinite(Xg.grad).all()
+    # Unlike the log-likelihood, the posterior stops pulling a filter that sits well inside its own group.
+    X, _ = clusters(spread=0.05)
+    p = FilterPartition(4, seed=3).fit(X)
+    near = (X + 0.02).requires_grad_(True)
+    assert torch.autograd.grad(p.log_posterior(near, temperature=1.0).sum(), near)[0].abs().max() < 1e-6
+    assert torch.autograd.grad(p.log_likelihood(near).sum(), near)[0].abs().max() > 1
+    with pytest.raises(ValueError, match="temperature"):
+        p.log_posterior(X, temperature=0)
 
 
 def test_empty_component_is_reseeded():

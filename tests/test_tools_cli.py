@@ -50,7 +50,7 @@ def test_visualize_eval_report(runs):
     assert {"filters.png", "group_map.png", "group_sizes.png"} <= set(os.listdir(os.path.join(interp, "figures")))
     # a 30-step segmenter is far below the 0.9 mIoU bar: eval refuses unless told otherwise, and at this small
     # size it says that training longer will not get there
-    with pytest.raises(SystemExit, match="below --min-seg-miou.*levels off near 0.89.*a run at 64 px"):
+    with pytest.raises(SystemExit, match="below --min-seg-miou.*levels off below 0.9.*a run at 64 px"):
         cli_main(["eval", interp, *EVAL])
     cli_main(["eval", interp, "--baseline", base, *EVAL, "--min-seg-miou", "0"])
     with open(os.path.join(interp, "metrics.json")) as fh:

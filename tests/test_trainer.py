@@ -1,5 +1,6 @@
 """The training loop: a smoke run, exact resume, the baseline path, both architectures, the CLI."""
 import json
+import math
 import os
 import warnings
 
@@ -65,6 +66,11 @@ def test_baseline_has_no_interpretability_terms(tmp_path):
     assert set(logs["time"]) == {"D", "G"}
 
 
+def test_config_rejects_an_unknown_gmm_loss():
+    with pytest.raises(ValueError, match="gmm_loss"):
+        TrainConfig(gmm_loss="posteriors")
+
+
 def test_divergence_stops_with_clear_message(tmp_path):
     tr = make_trainer(tmp_path, steps=3)
     with torch.no_grad():
@@ -77,11 +83,16 @@ def test_cli_train_and_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--size", "16", "--width", "8", "--steps", "3", "--out", out, "--batch-size", "4",
             "--n-groups", "2", "--n-images", "32", "--gmm-every", "2", "--langevin-steps", "1", "--no-progress",
-            "--device", "cpu", "--gmm-relative-reg", "0.25"]
+            "--device", "cpu", "--gmm-relative-reg", "0.25", "--gmm-loss", "posterior"]
     cli_main(args)
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
     with open(os.path.join(out, "config.json")) as fh:
-        assert json.load(fh)["config"]["gmm_relative_reg"] == 0.25
+        config = json.load(fh)["config"]
+    assert config["gmm_relative_reg"] == 0.25 and config["gmm_loss"] == "posterior"
+    with open(os.path.join(out, "log.jsonl")) as fh:
+        logged = [json.loads(line) for line in fh]
+    gmm = [r["L_gmm"] for r in logged if "L_gmm" in r]
+    assert gmm and all(math.isfinite(v) and v >= 0 for v in gmm)  # -log of a probability
     with pytest.raises(SystemExit):
         cli_main(args)  # refuses to overwrite a run
     cli_main(["train", "--out", out, "--resume", "--steps", "5", "--no-progress"])
