@@ -75,7 +75,7 @@ class TrainConfig:
     gmm_images: int = 64           # N images per filter descriptor
     gmm_backend: str = "torch"
     gmm_relative_reg: float = 0.0  # variance floor of the GMM, relative (see FilterPartition.relative_reg)
-    gmm_loss: str = "likelihood"   # L_gmm: "likelihood" (SPEC §5) or "posterior" (tempered; see below)
+    gmm_loss: str = "likelihood"   # L_gmm: "likelihood" (SPEC §5) or "posterior" (tempered; module docstring)
     w_max: float = 1.0
     gan_loss: str = "logistic"     # or "hinge"
     r1_gamma: float = 0.0
