@@ -133,7 +133,7 @@ class SynthFaces(torch.utils.data.Dataset):
         gain = p["scale"] / (_EDGE_PX * 2 / S)
         cat = lambda *cols: torch.cat(torch.broadcast_tensors(*cols), 1)  # noqa: E731  [N, E]
         zero = torch.zeros_like(gain)
-        out = {"gain": gain}
+        out = {}
 
         # Ellipses. To first order, (1 - q) / 2 * min radius is the distance to the edge (q: the squared normalised
         # radius), and only the ramp's few pixels around the edge matter; this keeps the square root out.
@@ -188,7 +188,7 @@ class SynthFaces(torch.utils.data.Dataset):
 
     def _draw(self, faces):
         """Images and labels for the faces of one chunk, from their geometry."""
-        axis = (torch.arange(self.size, device=faces["gain"].device, dtype=torch.float32) + 0.5) / self.size * 2 - 1
+        axis = (torch.arange(self.size, device=faces["colours"].device, dtype=torch.float32) + 0.5) / self.size * 2 - 1
         ramp_down = lambda q, top: torch.sub(top[..., None, None], q, out=q).clamp_(0, 1)  # noqa: E731
         ell = faces["ellipse_u"].draw(axis).square_()
         v = faces["ellipse_v"].draw(axis)
@@ -204,24 +204,23 @@ class SynthFaces(torch.utils.data.Dataset):
 
         hair = head.addcmul(long_hair, below * faces["long_hair"][..., None]).clamp_(0, 1)
         glasses = (rims.sum(1) + bridge).clamp_(0, 1).mul_(faces["glasses"][..., None])
-        # the hair behind the face is painted whole (only off the face, it would leave a seam of background where both
-        # are half on), and labelled only off the face
+        # in the order of _LAYERS; the hair behind the face is painted whole (only off the face, it would leave a seam
+        # of background where both are half on), and labelled only off the face
         masks = [hair, face, hair * fringe * face, left_eye, right_eye,
-                 torch.maximum(left_brow, right_brow), nose, mouth, glasses]  # in the order of _LAYERS
+                 torch.maximum(left_brow, right_brow), nose, mouth, glasses]
+        labelled = [hair * (1 - face)] + masks[1:]
 
         colours = faces["colours"][..., None, None]  # [N, layers + 1, 3, 1, 1]
         img = colours[:, 0].expand(-1, -1, self.size, self.size).clone()
         # The label is the top-most part covering half the pixel or more: floor(mask + 1/2) is 1 there (0 under it),
         # and the parts' numbers grow up the painter's order, past the hair behind the face, labelled off the face.
         top = torch.zeros_like(face)
-        for i, (mask, part) in enumerate(zip(masks, _LAYERS), start=1):
+        for i, (mask, label_mask, part) in enumerate(zip(masks, labelled, _LAYERS), start=1):
             target = colours[:, i]
             if part == "skin":
                 target = target + faces["skin_light"][..., None, None] * faces["light"].draw(axis)
             img.lerp_(target.expand_as(img), mask[:, None])
-            if i == 1:
-                mask = mask * (1 - face)
-            torch.maximum(top, mask.add(0.5).floor_().mul_(PARTS.index(part)), out=top)
+            torch.maximum(top, label_mask.add(0.5).floor_().mul_(PARTS.index(part)), out=top)
         return img.clamp_(-1, 1), top.long()
 
     def masks(self, labels: torch.Tensor) -> torch.Tensor:
