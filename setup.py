@@ -68,6 +68,18 @@ def cuda_arch_note():
     return DEFAULT_ARCHS
 
 
+def openmp_flags(torch):
+    """-fopenmp where torch's own thread pool is OpenMP (Linux wheels). at::parallel_for is a header
+    template: compiled without it, _OPENMP is undefined and every parallel_for in the extension runs on
+    one thread, silently. The runtime is torch's: its libgomp.so.1 is loaded first, and the soname matches."""
+    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        return []
+    if sys.platform == "darwin" or os.name == "nt":  # Apple clang has no -fopenmp; MSVC would need /openmp
+        print("interpgan_ext: building without OpenMP: CPU kernels run on one thread", file=sys.stderr)
+        return []
+    return ["-fopenmp"]
+
+
 def build_extensions():
     if env_flag("INTERPGAN_SKIP_EXT"):
         return [], {}
@@ -88,7 +100,8 @@ def build_extensions():
 
     torch_version = torch.__version__.split("+")[0]
     define_macros = [("INTERPGAN_BUILT_WITH_TORCH", f'"{torch_version}"')]
-    cxx_flags = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    omp = openmp_flags(torch)
+    cxx_flags = ["-O3"] + omp  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs = []
@@ -106,6 +119,7 @@ def build_extensions():
             library_dirs=library_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=omp,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -114,6 +128,7 @@ def build_extensions():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=omp,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 

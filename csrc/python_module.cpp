@@ -24,4 +24,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("cuda_archs") = std::string(INTERPGAN_CUDA_ARCHS);
   m.attr("torch_version") = std::string(INTERPGAN_BUILT_WITH_TORCH);
+  // at::parallel_for is a header template: compiled without OpenMP (where torch's pool is OpenMP) it runs serially.
+#ifdef _OPENMP
+  m.attr("cpu_parallel") = "OpenMP";
+#else
+  m.attr("cpu_parallel") = py::none();
+#endif
 }

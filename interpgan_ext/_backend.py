@@ -61,7 +61,21 @@ def cuda_version_mismatch():
     return None
 
 
-_mismatch = cuda_version_mismatch()
+def serial_cpu_kernels():
+    """A message if torch's CPU thread pool is OpenMP but the extension was compiled without it, else None:
+    its CPU kernels would then run on one thread (at::parallel_for is compiled into the extension)."""
+    if _C is None or getattr(_C, "cpu_parallel", None) is not None or torch.get_num_threads() == 1:
+        return None
+    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        return None
+    return (
+        "interpgan_ext was compiled without OpenMP, so its CPU kernels run on one thread instead of "
+        f"{torch.get_num_threads()}; rebuild it with a compiler that supports -fopenmp: "
+        "pip install --no-build-isolation --force-reinstall --no-deps ."
+    )
+
+
+_mismatch = "; ".join(m for m in (cuda_version_mismatch(), serial_cpu_kernels()) if m)
 if _mismatch:
     warnings.warn(_mismatch, RuntimeWarning, stacklevel=2)
 
@@ -127,6 +141,7 @@ def info() -> BuildInfo:
     out["torch_cuda"] = torch.version.cuda
     if _C is not None:
         out["ext_built_with_torch"] = _C.torch_version
+        out["ext_cpu_parallel"] = getattr(_C, "cpu_parallel", None) or "none: one thread"
         out["ext_cuda_kernels"] = bool(_C.with_cuda)
         if _C.with_cuda:
             out["ext_cuda_version"] = f"{_C.cuda_version // 1000}.{(_C.cuda_version % 1000) // 10}"

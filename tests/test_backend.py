@@ -23,6 +23,29 @@ def test_info_fields():
     assert "backend" in str(info)
 
 
+@pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
+def test_cpu_kernels_are_built_parallel_where_torch_uses_openmp():
+    # Built without -fopenmp, at::parallel_for compiles to a plain loop and the CPU kernels silently use one core.
+    if "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        assert ig._backend._C.cpu_parallel == "OpenMP"
+        assert ig.info()["ext_cpu_parallel"] == "OpenMP"
+    assert ig._backend.serial_cpu_kernels() is None
+
+
+def test_a_serial_build_is_reported(monkeypatch):
+    class SerialBuild:
+        cpu_parallel = None
+        with_cuda = False
+
+    monkeypatch.setattr(ig._backend, "_C", SerialBuild())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
+    message = ig._backend.serial_cpu_kernels()
+    assert message is not None and "one thread instead of 4" in message and "-fopenmp" in message
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: native thread pool\n")
+    assert ig._backend.serial_cpu_kernels() is None
+
+
 @pytest.mark.skipif(os.environ.get("INTERPGAN_REQUIRE_EXT") != "1", reason="set by CI, where the build must succeed")
 def test_ci_built_the_extension_with_cuda_kernels():
     assert ig._backend.has_extension(), ig._backend.unavailable_reason

@@ -77,6 +77,20 @@ def test_backward_matches_float64_reference(shape, dtype, device, seeded):
     assert rel_err(dW, rW) < tol(dtype)
 
 
+@pytest.mark.parametrize("B, M, K", [(0, 5, 7), (4, 0, 7), (4, 5, 0), (0, 300, 40)])
+def test_zero_sized_dimensions(B, M, K, device):
+    # The kernels allocate their outputs uninitialised and write every element; with nothing to write, dW
+    # must still be zeros (no samples contribute to it), and g is 0 (an empty sum).
+    f = torch.randn(B, M, K, device=device, requires_grad=True)
+    W = torch.randn(M, 3, K, device=device, requires_grad=True)
+    groups = torch.randint(0, 3, (M,), device=device)
+    g = group_energy(f, W, groups)
+    assert g.shape == (B,) and torch.equal(g, torch.zeros_like(g))
+    df, dW = torch.autograd.grad(g.sum(), (f, W), allow_unused=True)
+    assert df.shape == f.shape and dW.shape == W.shape
+    assert torch.equal(dW, torch.zeros_like(dW)) and torch.equal(df, torch.zeros_like(df))
+
+
 def test_three_dim_input_equals_four_dim(device, seeded):
     f, W, groups = make_inputs(4, 10, 3, 5, 4, device, torch.float64, gen=seeded)
     assert torch.allclose(group_energy(f, W, groups), group_energy(f.flatten(2), W, groups))
