@@ -6,7 +6,10 @@
 
 TORCH_LIBRARY(interpgan, m) {
   m.def("group_energy(Tensor f, Tensor W, Tensor groups) -> Tensor");
-  m.def("group_energy_backward(Tensor grad_out, Tensor f, Tensor W, Tensor groups) -> (Tensor, Tensor)");
+  // What autograd calls: the forward also returns the statistics the backward needs (an opaque tensor whose
+  // layout is the backend's; empty on CUDA, whose backward recomputes them), and the backward takes them.
+  m.def("group_energy_with_stats(Tensor f, Tensor W, Tensor groups) -> (Tensor, Tensor)");
+  m.def("group_energy_backward(Tensor grad_out, Tensor f, Tensor W, Tensor groups, Tensor? stats=None) -> (Tensor, Tensor)");
   m.def(
       "langevin_step(Tensor z, Tensor grad, float step_size, float prior_weight=1.0, float? drift_clip=None, "
       "Tensor? noise=None, Generator? generator=None) -> Tensor",
@@ -19,6 +22,7 @@ TORCH_LIBRARY(interpgan, m) {
 
 TORCH_LIBRARY_IMPL(interpgan, CPU, m) {
   m.impl("group_energy", &interpgan::group_energy_cpu);
+  m.impl("group_energy_with_stats", &interpgan::group_energy_with_stats_cpu);
   m.impl("group_energy_backward", &interpgan::group_energy_backward_cpu);
   m.impl("langevin_step", &interpgan::langevin_step_cpu);
   m.impl("langevin_step_", &interpgan::langevin_step_inplace_cpu);
@@ -27,6 +31,7 @@ TORCH_LIBRARY_IMPL(interpgan, CPU, m) {
 #ifdef INTERPGAN_WITH_CUDA
 TORCH_LIBRARY_IMPL(interpgan, CUDA, m) {
   m.impl("group_energy", &interpgan::group_energy_cuda);
+  m.impl("group_energy_with_stats", &interpgan::group_energy_with_stats_cuda);
   m.impl("group_energy_backward", &interpgan::group_energy_backward_cuda);
   m.impl("langevin_step", &interpgan::langevin_step_cuda);
   m.impl("langevin_step_", &interpgan::langevin_step_inplace_cuda);

@@ -166,6 +166,32 @@ def test_opcheck(device, seeded):
     torch.library.opcheck(torch.ops.interpgan.group_energy, (f.requires_grad_(True), W.requires_grad_(True), groups))
     gg = torch.randn(3, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.interpgan.group_energy_backward, (gg, f.detach(), W.detach(), groups))
+    torch.library.opcheck(torch.ops.interpgan.group_energy_with_stats, (f.detach(), W.detach(), groups))
+    _, stats = torch.ops.interpgan.group_energy_with_stats(f.detach(), W.detach(), groups)
+    torch.library.opcheck(torch.ops.interpgan.group_energy_backward, (gg, f.detach(), W.detach(), groups, stats))
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(6, 33, 3, 5, 7), (12, 130, 10, 13, 5)])  # read in place; packed, with a tail
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_backward_from_saved_stats_equals_recomputed(shape, dtype, device, seeded):
+    # Autograd's forward saves the group means and sums; the backward given them must match one that recomputes.
+    f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
+    g, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)
+    assert torch.equal(g, torch.ops.interpgan.group_energy(f, W, groups))
+    gg = torch.randn(shape[0], generator=seeded).to(device=device, dtype=dtype)
+    saved = torch.ops.interpgan.group_energy_backward(gg, f, W, groups, stats)
+    recomputed = torch.ops.interpgan.group_energy_backward(gg, f, W, groups)
+    for a, b in zip(saved, recomputed):
+        torch.testing.assert_close(a, b, rtol=tol(dtype), atol=tol(dtype))
+
+
+@needs_ext
+def test_backward_rejects_stats_of_other_inputs():
+    f, W, groups = torch.randn(4, 6, 9), torch.randn(6, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2])
+    _, stats = torch.ops.interpgan.group_energy_with_stats(f[:3], W, groups)
+    with pytest.raises(RuntimeError, match="expected stats as returned by group_energy_with_stats"):
+        torch.ops.interpgan.group_energy_backward(torch.ones(4), f, W, groups, stats)
 
 
 @needs_ext

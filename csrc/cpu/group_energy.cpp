@@ -34,6 +34,7 @@ struct Problem {
   const T* W;        // [M, C, K]
   const int64_t* q;  // [M], validated ids
   const T* inv_n;    // [C], 1 / n_c, or 0 for an empty group
+  const T* n;        // [C], n_c
   int64_t B, M, K, C;  // K is also the row stride of f and W: KT inside a packed tile
 };
 
@@ -107,20 +108,25 @@ IG_INLINE void product_block(const T* a, int64_t ar, int64_t al, const T* b, int
   }
 }
 
-// Runs body.template block<r, q>(i, j) over [0, n1) x [0, n2) in kBlockR x kBlockQ blocks, with 1-wide edges.
+// Runs body.template block<r, q>(i, j) over [0, n1) x [0, n2) in kBlockR x kBlockQ blocks. The edges take one
+// block as wide as what is left (a row of 1-wide blocks has too few accumulators to hide the FMA latency: with
+// C = 8 groups a quarter of the work was there).
+template <int R, typename Body>
+IG_INLINE void block_row(int64_t i, int64_t n2, const Body& body) {
+  int64_t j = 0;
+  for (; j + kBlockQ <= n2; j += kBlockQ) body.template block<R, kBlockQ>(i, j);
+  static_assert(kBlockQ == 3, "the edge below covers a remainder of 1 or 2");
+  if (n2 - j == 2) body.template block<R, 2>(i, j);
+  else if (n2 - j == 1) body.template block<R, 1>(i, j);
+}
 template <typename Body>
 IG_INLINE void for_blocks(int64_t n1, int64_t n2, const Body& body) {
   int64_t i = 0;
-  for (; i + kBlockR <= n1; i += kBlockR) {
-    int64_t j = 0;
-    for (; j + kBlockQ <= n2; j += kBlockQ) body.template block<kBlockR, kBlockQ>(i, j);
-    for (; j < n2; ++j) body.template block<kBlockR, 1>(i, j);
-  }
-  for (; i < n1; ++i) {
-    int64_t j = 0;
-    for (; j + kBlockQ <= n2; j += kBlockQ) body.template block<1, kBlockQ>(i, j);
-    for (; j < n2; ++j) body.template block<1, 1>(i, j);
-  }
+  for (; i + kBlockR <= n1; i += kBlockR) block_row<kBlockR>(i, n2, body);
+  static_assert(kBlockR == 4, "the edge below covers a remainder of 1 to 3");
+  if (n1 - i == 3) block_row<3>(i, n2, body);
+  else if (n1 - i == 2) block_row<2>(i, n2, body);
+  else if (n1 - i == 1) block_row<1>(i, n2, body);
 }
 
 // fbar[b - b0, c] for samples [b0, b1) on the tile starting at k0, scaled by 1 / n_c.
@@ -144,24 +150,19 @@ IG_INLINE void weighted_means(const Problem<T>& p, const Vec<T, KT>* fbar, int64
                              p.C * p.K, p.K, p.C, A);
 }
 
-// Forward on one tile for samples [b0, b1): g[b] += sum_{j, k in tile} f[b, j, k] A[b, j, k].
+// S[b, c] = inv_n[c] sum_j f[b, j] W[j, c]: the path through fbar, pre-scaled.
 template <typename T, int KT>
-struct ForwardBody {
+struct GroupSumsBody {
   const Problem<T>& p;
-  const Vec<T, KT>* fbar;  // [b1 - b0, C]
-  Vec<T, KT>* gacc;        // [b1 - b0]
-  int64_t b0, k0;
+  Vec<T, KT>* S;  // [rows, C], row b for sample b0 + b
+  int64_t k0, b0;
   template <int R, int Q>
-  IG_INLINE void block(int64_t i, int64_t j) const {
-    using V = Vec<T, KT>;
-    V A[R][Q];
-    weighted_means<T, KT, R, Q>(p, fbar, i, j, k0, A);
-    IG_UNROLL for (int r = 0; r < R; ++r) {
-      const T* fr = p.f + ((b0 + i + r) * p.M + j) * p.K + k0;
-      V s = gacc[i + r];
-      IG_UNROLL for (int q = 0; q < Q; ++q) s += vload<V>(fr + q * p.K) * A[r][q];
-      gacc[i + r] = s;
-    }
+  IG_INLINE void block(int64_t b, int64_t c) const {
+    Vec<T, KT> acc[R][Q];
+    product_block<T, KT, R, Q>(p.f + (b0 + b) * p.M * p.K + k0, p.M * p.K, p.K, p.W + c * p.K + k0, p.K, p.C * p.K, p.M,
+                               acc);
+    IG_UNROLL for (int r = 0; r < R; ++r)
+      IG_UNROLL for (int q = 0; q < Q; ++q) S[(b + r) * p.C + c + q] = acc[r][q] * p.inv_n[c + q];
   }
 };
 
@@ -174,31 +175,33 @@ struct VecBuffer {
   Vec<T, KT>* get() { return reinterpret_cast<Vec<T, KT>*>(data.data()); }  // vector types alias T
 };
 
-template <typename T, int KT>
-IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b0, int64_t b1, double* g) {
-  const int64_t nb = b1 - b0;
-  VecBuffer<T, KT> fbar_buf(nb * p.C), gacc_buf(nb);
-  group_means<T, KT>(p, b0, b1, k0, fbar_buf.get());
-  for_blocks(nb, p.M, ForwardBody<T, KT>{p, fbar_buf.get(), gacc_buf.get(), b0, k0});
-  const T* lanes = gacc_buf.data.data();
-  for (int64_t b = 0; b < nb; ++b) g[b0 + b] += lane_sum(lanes + b * KT, KT);
-}
-
-// S[b, c] = inv_n[c] sum_j f[b, j] W[j, c]: the path through fbar, pre-scaled.
-template <typename T, int KT>
-struct GroupSumsBody {
-  const Problem<T>& p;
-  Vec<T, KT>* S;  // [B, C]
-  int64_t k0;
-  template <int R, int Q>
-  IG_INLINE void block(int64_t b, int64_t c) const {
-    Vec<T, KT> acc[R][Q];
-    product_block<T, KT, R, Q>(p.f + b * p.M * p.K + k0, p.M * p.K, p.K, p.W + c * p.K + k0, p.K, p.C * p.K, p.M,
-                               acc);
-    IG_UNROLL for (int r = 0; r < R; ++r)
-      IG_UNROLL for (int q = 0; q < Q; ++q) S[(b + r) * p.C + c + q] = acc[r][q] * p.inv_n[c + q];
-  }
+// The per-tile statistics the backward needs, [rows, C] vectors of the tile's width each: the group means fbar
+// and the pre-scaled group sums S. The forward computes them anyway; saved, the backward skips a third of its work.
+template <typename T>
+struct TileStats {
+  T* fbar = nullptr;
+  T* S = nullptr;
 };
+
+// Forward on one tile for samples [b0, b1): g[b] += sum_c fbar[b, c] S[b, c] n_c. The statistics go to `out`
+// (rows from b0) when it is set, else to a local scratch.
+template <typename T, int KT>
+IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b0, int64_t b1, double* g, TileStats<T> out) {
+  using V = Vec<T, KT>;
+  const int64_t nb = b1 - b0;
+  VecBuffer<T, KT> local(out.fbar ? 0 : 2 * nb * p.C);
+  V* fbar = out.fbar ? reinterpret_cast<V*>(out.fbar) : local.get();
+  V* S = out.S ? reinterpret_cast<V*>(out.S) : local.get() + nb * p.C;
+  group_means<T, KT>(p, b0, b1, k0, fbar);
+  for_blocks(nb, p.C, GroupSumsBody<T, KT>{p, S, k0, b0});
+  for (int64_t b = 0; b < nb; ++b) {
+    V acc{};
+    for (int64_t c = 0; c < p.C; ++c) acc += fbar[b * p.C + c] * S[b * p.C + c] * p.n[c];
+    T lanes[KT];
+    vstore(lanes, acc);
+    g[b0 + b] += lane_sum(lanes, KT);
+  }
+}
 
 // df[b, j] = gg[b] (A[b, j] + S[b, q_j]), from fbar and S already scaled by gg[b]. Outputs are addressed as
 // out + row * ldo + ko: a packed tile writes with stride KT, an unpacked one into the caller's [rows, K] tensor.
@@ -236,20 +239,37 @@ struct WeightGradBody {
   }
 };
 
-// The tile's f is last read by dW, so df may be written over it (the packed path does: df_out == p.f).
+// Backward outputs of one tile, addressed out + row * ldo + ko (see InputGradBody).
+template <typename T>
+struct TileGrads {
+  T* df;
+  T* dW;
+  int64_t ldo, ko;
+};
+
+// The tile's f is last read by dW, so df may be written over it (the packed path does: out.df == p.f). The
+// statistics come from the forward when it saved them (saved.fbar set), else they are recomputed.
 template <typename T, int KT>
-IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, T* df, T* dW, int64_t ldo, int64_t ko) {
+IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, TileStats<T> saved, TileGrads<T> out) {
+  using V = Vec<T, KT>;
   VecBuffer<T, KT> fbar_buf(p.B * p.C), S_buf(p.B * p.C);
-  Vec<T, KT>* fbar = fbar_buf.get();
-  Vec<T, KT>* S = S_buf.get();
-  group_means<T, KT>(p, 0, p.B, k0, fbar);
-  for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0});
+  V* fbar = fbar_buf.get();
+  V* S = S_buf.get();
+  if (saved.fbar != nullptr) {
+    for (int64_t i = 0; i < p.B * p.C; ++i) {
+      fbar[i] = vload<V>(saved.fbar + i * KT);
+      S[i] = vload<V>(saved.S + i * KT);
+    }
+  } else {
+    group_means<T, KT>(p, 0, p.B, k0, fbar);
+    for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0, 0});
+  }
   for (int64_t i = 0; i < p.B * p.C; ++i) {  // both gradients are linear in gg[b]: scale once here
     fbar[i] *= gg[i / p.C];
     S[i] *= gg[i / p.C];
   }
-  for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, dW, k0, ldo, ko});
-  for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, df, k0, ldo, ko});
+  for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko});
+  for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, out.df, k0, out.ldo, out.ko});
 }
 
 // Tile widths: one 256-bit register of lanes.
@@ -257,41 +277,28 @@ template <typename T>
 constexpr int kTile = 32 / sizeof(T);
 
 // Non-template entry points, one per dtype, compiled for each target in IG_MULTIVERSION.
-IG_MULTIVERSION void forward_tile_f32(const Problem<float>& p, int64_t k0, int64_t width, int64_t b0, int64_t b1,
-                                      double* g) {
-  if (width == kTile<float>) forward_tile<float, kTile<float>>(p, k0, b0, b1, g);
-  else forward_tile<float, 1>(p, k0, b0, b1, g);
-}
-IG_MULTIVERSION void forward_tile_f64(const Problem<double>& p, int64_t k0, int64_t width, int64_t b0, int64_t b1,
-                                      double* g) {
-  if (width == kTile<double>) forward_tile<double, kTile<double>>(p, k0, b0, b1, g);
-  else forward_tile<double, 1>(p, k0, b0, b1, g);
-}
-IG_MULTIVERSION void backward_tile_f32(const Problem<float>& p, const float* gg, int64_t k0, int64_t width, float* df,
-                                       float* dW, int64_t ldo, int64_t ko) {
-  if (width == kTile<float>) backward_tile<float, kTile<float>>(p, gg, k0, df, dW, ldo, ko);
-  else backward_tile<float, 1>(p, gg, k0, df, dW, ldo, ko);
-}
-IG_MULTIVERSION void backward_tile_f64(const Problem<double>& p, const double* gg, int64_t k0, int64_t width,
-                                       double* df, double* dW, int64_t ldo, int64_t ko) {
-  if (width == kTile<double>) backward_tile<double, kTile<double>>(p, gg, k0, df, dW, ldo, ko);
-  else backward_tile<double, 1>(p, gg, k0, df, dW, ldo, ko);
-}
-
-inline void forward_tile_any(const Problem<float>& p, int64_t k0, int64_t w, int64_t b0, int64_t b1, double* g) {
-  forward_tile_f32(p, k0, w, b0, b1, g);
-}
-inline void forward_tile_any(const Problem<double>& p, int64_t k0, int64_t w, int64_t b0, int64_t b1, double* g) {
-  forward_tile_f64(p, k0, w, b0, b1, g);
-}
-inline void backward_tile_any(const Problem<float>& p, const float* gg, int64_t k0, int64_t w, float* df, float* dW,
-                              int64_t ldo, int64_t ko) {
-  backward_tile_f32(p, gg, k0, w, df, dW, ldo, ko);
-}
-inline void backward_tile_any(const Problem<double>& p, const double* gg, int64_t k0, int64_t w, double* df,
-                              double* dW, int64_t ldo, int64_t ko) {
-  backward_tile_f64(p, gg, k0, w, df, dW, ldo, ko);
-}
+#define IG_TILE_ENTRY_POINTS(T, suffix)                                                                        \
+  IG_MULTIVERSION void forward_tile_##suffix(const Problem<T>& p, int64_t k0, int64_t width, int64_t b0,      \
+                                             int64_t b1, double* g, TileStats<T> out) {                       \
+    if (width == kTile<T>) forward_tile<T, kTile<T>>(p, k0, b0, b1, g, out);                                 \
+    else forward_tile<T, 1>(p, k0, b0, b1, g, out);                                                          \
+  }                                                                                                            \
+  IG_MULTIVERSION void backward_tile_##suffix(const Problem<T>& p, const T* gg, int64_t k0, int64_t width,    \
+                                              TileStats<T> saved, TileGrads<T> out) {                         \
+    if (width == kTile<T>) backward_tile<T, kTile<T>>(p, gg, k0, saved, out);                                \
+    else backward_tile<T, 1>(p, gg, k0, saved, out);                                                         \
+  }                                                                                                            \
+  inline void forward_tile_any(const Problem<T>& p, int64_t k0, int64_t w, int64_t b0, int64_t b1, double* g, \
+                               TileStats<T> out) {                                                             \
+    forward_tile_##suffix(p, k0, w, b0, b1, g, out);                                                          \
+  }                                                                                                            \
+  inline void backward_tile_any(const Problem<T>& p, const T* gg, int64_t k0, int64_t w, TileStats<T> saved,   \
+                                TileGrads<T> out) {                                                            \
+    backward_tile_##suffix(p, gg, k0, w, saved, out);                                                         \
+  }
+IG_TILE_ENTRY_POINTS(float, f32)
+IG_TILE_ENTRY_POINTS(double, f64)
+#undef IG_TILE_ENTRY_POINTS
 
 // Copies between a [rows, K] array and its tile-major form: packed[t, row, :] = rowmajor[row, t*KT : (t+1)*KT]
 // for the full tiles. Inside a packed tile every row is contiguous, so a tile of W (M*C*KT values) streams from
@@ -336,21 +343,22 @@ struct Tiling {
   int64_t width(int64_t t) const { return t < full ? KT : 1; }
 };
 
-// 1 / n_c per group, 0 for an empty group (so its fbar is 0).
+// n_c and 1 / n_c per group; 1 / n_c is 0 for an empty group (so its fbar is 0).
 template <typename T>
-std::vector<T> inverse_group_sizes(const at::Tensor& groups, int64_t C) {
-  std::vector<int64_t> n(C, 0);
-  const int64_t* q = groups.data_ptr<int64_t>();
-  for (int64_t j = 0; j < groups.numel(); ++j) ++n[q[j]];
-  std::vector<T> inv(C);
-  for (int64_t c = 0; c < C; ++c) inv[c] = n[c] > 0 ? T(1) / T(n[c]) : T(0);
-  return inv;
-}
+struct GroupSizes {
+  std::vector<T> n, inv;
+  GroupSizes(const at::Tensor& groups, int64_t C) : n(C, T(0)), inv(C, T(0)) {
+    const int64_t* q = groups.data_ptr<int64_t>();
+    for (int64_t j = 0; j < groups.numel(); ++j) n[q[j]] += T(1);
+    for (int64_t c = 0; c < C; ++c) inv[c] = n[c] > 0 ? T(1) / n[c] : T(0);
+  }
+};
 
 template <typename T>
-Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups, const std::vector<T>& inv_n,
+Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups, const GroupSizes<T>& sizes,
                         const EnergyShape& s) {
-  return Problem<T>{f.data_ptr<T>(), W.data_ptr<T>(), groups.data_ptr<int64_t>(), inv_n.data(), s.B, s.M, s.K, s.C};
+  return Problem<T>{f.data_ptr<T>(), W.data_ptr<T>(), groups.data_ptr<int64_t>(), sizes.inv.data(), sizes.n.data(),
+                    s.B, s.M, s.K, s.C};
 }
 
 // Packing pays off once f and W outgrow the caches; below this many bytes the kernels read them in place.
@@ -393,47 +401,76 @@ at::ScalarType compute_dtype(const at::Tensor& f) {
   return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-}  // namespace cpu_energy
+// The saved statistics of group_energy_with_stats: fbar, then S, each B * C * K values in tile order (tile t,
+// starting at k0 with width w, holds [B, C, w] at k0 * B * C). Only this file reads them.
+template <typename T>
+TileStats<T> saved_stats(T* stats, const EnergyShape& s, int64_t k0, int64_t width, int64_t b0) {
+  if (stats == nullptr) return {};
+  T* fbar = stats + k0 * s.B * s.C + b0 * s.C * width;
+  return {fbar, fbar + s.B * s.C * s.K};
+}
 
-using namespace cpu_energy;
-
-at::Tensor group_energy_cpu(const at::Tensor& f_in, const at::Tensor& W_in, const at::Tensor& groups_in) {
+// g, and the statistics when save_stats (else an undefined tensor).
+std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const at::Tensor& W_in,
+                                                  const at::Tensor& groups_in, bool save_stats) {
   const EnergyShape s = check_group_energy_args("group_energy", f_in, W_in, groups_in);
   const auto groups = groups_in.contiguous();
   check_group_ids_cpu("group_energy", groups, s.C);
   const auto ct = compute_dtype(f_in);
   const auto f = as_bmk(f_in, s).to(ct);
   const auto W = W_in.contiguous().to(ct);
-  auto g_acc = at::zeros({s.B}, f.options().dtype(at::kDouble));
-  if (s.B == 0 || s.K == 0 || s.M == 0) return g_acc.to(W_in.scalar_type());
-
-  AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_cpu", [&] {
-    const auto inv_n = inverse_group_sizes<scalar_t>(groups, s.C);
-    const auto p = make_problem<scalar_t>(f, W, groups, inv_n, s);
-    const Tiling tiles(s.K, kTile<scalar_t>);
-    // Samples are split into chunks too, so that small K still keeps every core busy.
-    const int64_t chunk = std::max<int64_t>(kBlockR, (s.B + 15) / 16 / kBlockR * kBlockR);
-    const int64_t n_chunks = (s.B + chunk - 1) / chunk;
-    std::vector<double> partial(tiles.count * s.B, 0.0);  // per tile, so tasks never share an accumulator
-    double* part = partial.data();
-    const TileSource<scalar_t> source(p, tiles);
-    at::parallel_for(0, tiles.count * n_chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t t = task / n_chunks, b0 = (task % n_chunks) * chunk, b1 = std::min(s.B, b0 + chunk);
-        int64_t k0, width;
-        const auto pt = source.problem(t, k0, width);
-        forward_tile_any(pt, k0, width, b0, b1, part + t * s.B);
-      }
+  const bool nothing = s.B == 0 || s.K == 0 || s.M == 0;  // g = 0, fbar = S = 0
+  at::Tensor stats;
+  if (save_stats) stats = nothing ? at::zeros({2 * s.B * s.C * s.K}, f.options()) : at::empty({2 * s.B * s.C * s.K}, f.options());
+  std::vector<double> g(s.B, 0.0);
+  if (!nothing) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_cpu", [&] {
+      const GroupSizes<scalar_t> sizes(groups, s.C);
+      const auto p = make_problem<scalar_t>(f, W, groups, sizes, s);
+      const Tiling tiles(s.K, kTile<scalar_t>);
+      scalar_t* stats_p = save_stats ? stats.data_ptr<scalar_t>() : nullptr;
+      // Samples are split into chunks too, so that small K still keeps every core busy.
+      const int64_t chunk = std::max<int64_t>(kBlockR, (s.B + 15) / 16 / kBlockR * kBlockR);
+      const int64_t n_chunks = (s.B + chunk - 1) / chunk;
+      std::vector<double> partial(tiles.count * s.B, 0.0);  // per tile, so tasks never share an accumulator
+      double* part = partial.data();
+      const TileSource<scalar_t> source(p, tiles);
+      at::parallel_for(0, tiles.count * n_chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t t = task / n_chunks, b0 = (task % n_chunks) * chunk, b1 = std::min(s.B, b0 + chunk);
+          int64_t k0, width;
+          const auto pt = source.problem(t, k0, width);
+          forward_tile_any(pt, k0, width, b0, b1, part + t * s.B, saved_stats(stats_p, s, tiles.start(t), width, b0));
+        }
+      });
+      for (int64_t t = 0; t < tiles.count; ++t)
+        for (int64_t b = 0; b < s.B; ++b) g[b] += part[t * s.B + b];
     });
-    double* g = g_acc.data_ptr<double>();
-    for (int64_t t = 0; t < tiles.count; ++t)
-      for (int64_t b = 0; b < s.B; ++b) g[b] += part[t * s.B + b];
+  }
+  auto out = at::empty({s.B}, W_in.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "group_energy_cpu_out", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < s.B; ++b) o[b] = static_cast<scalar_t>(g[b]);
   });
-  return g_acc.to(W_in.scalar_type());
+  return {out, stats};
+}
+
+}  // namespace cpu_energy
+
+using namespace cpu_energy;
+
+at::Tensor group_energy_cpu(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+  return std::get<0>(energy_forward(f, W, groups, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cpu(const at::Tensor& f, const at::Tensor& W,
+                                                               const at::Tensor& groups) {
+  return energy_forward(f, W, groups, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f_in,
-                                                             const at::Tensor& W_in, const at::Tensor& groups_in) {
+                                                             const at::Tensor& W_in, const at::Tensor& groups_in,
+                                                             const std::optional<at::Tensor>& stats) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
   TORCH_CHECK(grad_out.dim() == 1 && grad_out.size(0) == s.B, "group_energy_backward: expected grad_out of shape [B=",
               s.B, "], but got ", shape_str(grad_out));
@@ -442,6 +479,14 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   const auto groups = groups_in.contiguous();
   check_group_ids_cpu("group_energy_backward", groups, s.C);
   const auto ct = compute_dtype(f_in);
+  const bool has_stats = stats.has_value() && stats->defined();
+  if (has_stats) {
+    TORCH_CHECK(stats->device() == f_in.device() && stats->scalar_type() == ct && stats->dim() == 1 &&
+                    stats->numel() == 2 * s.B * s.C * s.K && stats->is_contiguous(),
+                "group_energy_backward: expected stats as returned by group_energy_with_stats for these inputs (",
+                ct, " [", 2 * s.B * s.C * s.K, "] on ", f_in.device(), "), but got ", stats->scalar_type(), " ",
+                shape_str(*stats), " on ", stats->device());
+  }
   const auto f = as_bmk(f_in, s).to(ct);
   const auto W = W_in.contiguous().to(ct);
   const auto gg = grad_out.contiguous().to(ct);
@@ -451,12 +496,13 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   auto dW = s.B == 0 ? at::zeros({s.M, s.C, s.K}, W.options()) : at::empty({s.M, s.C, s.K}, W.options());
   if (s.B > 0 && s.K > 0 && s.M > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_backward_cpu", [&] {
-      const auto inv_n = inverse_group_sizes<scalar_t>(groups, s.C);
-      const auto p = make_problem<scalar_t>(f, W, groups, inv_n, s);
+      const GroupSizes<scalar_t> sizes(groups, s.C);
+      const auto p = make_problem<scalar_t>(f, W, groups, sizes, s);
       const Tiling tiles(s.K, kTile<scalar_t>);
       scalar_t* df_p = df.data_ptr<scalar_t>();
       scalar_t* dW_p = dW.data_ptr<scalar_t>();
       const scalar_t* gg_p = gg.data_ptr<scalar_t>();
+      scalar_t* stats_p = has_stats ? stats->data_ptr<scalar_t>() : nullptr;  // read only
       const TileSource<scalar_t> source(p, tiles);
       // Packed tiles write tile-major, then one blocked pass scatters both gradients: written in place, each
       // tile's 32-byte pieces are half cache lines a page apart (measured ~10 ms slower at [64, 512, 256]).
@@ -468,11 +514,12 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
         for (int64_t t = begin; t < end; ++t) {
           int64_t k0, width;
           const auto pt = source.problem(t, k0, width);
+          const auto saved = saved_stats(stats_p, s, tiles.start(t), width, 0);
           if (packed && t < tiles.full)
-            backward_tile_any(pt, gg_p, k0, width, const_cast<scalar_t*>(pt.f), dW_packed + t * s.M * s.C * tiles.KT,
-                              tiles.KT, 0);
+            backward_tile_any(pt, gg_p, k0, width, saved,
+                              {const_cast<scalar_t*>(pt.f), dW_packed + t * s.M * s.C * tiles.KT, tiles.KT, 0});
           else
-            backward_tile_any(pt, gg_p, k0, width, df_p, dW_p, s.K, tiles.start(t));
+            backward_tile_any(pt, gg_p, k0, width, saved, {df_p, dW_p, s.K, tiles.start(t)});
         }
       });
       if (packed) {

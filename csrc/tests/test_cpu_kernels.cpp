@@ -74,6 +74,10 @@ int main() {
     auto [df2, dW2] = interpgan::group_energy_backward_cpu(gg, f, W, q);
     EXPECT(max_rel(df2, df) < 1e-12, "group_energy backward df");
     EXPECT(max_rel(dW2, dW) < 1e-12, "group_energy backward dW");
+    auto [g3, stats] = interpgan::group_energy_with_stats_cpu(f, W, q);
+    auto [df3, dW3] = interpgan::group_energy_backward_cpu(gg, f, W, q, stats);
+    EXPECT(max_rel(g3, g) < 1e-12, "group_energy_with_stats forward");
+    EXPECT(max_rel(df3, df) < 1e-12 && max_rel(dW3, dW) < 1e-12, "group_energy backward from saved stats");
     auto g32 = interpgan::group_energy_cpu(f.to(at::kFloat), W.to(at::kFloat), q);
     EXPECT(max_rel(g32.to(at::kDouble), g) < 1e-4, "group_energy float32");
   }
@@ -88,8 +92,8 @@ int main() {
   EXPECT(at::equal(a, b), "langevin_step seeded reproducibility");
 
   // registration: the dispatcher finds the schemas
-  for (const char* name : {"interpgan::group_energy", "interpgan::group_energy_backward", "interpgan::langevin_step",
-                           "interpgan::langevin_step_"})
+  for (const char* name : {"interpgan::group_energy", "interpgan::group_energy_with_stats",
+                           "interpgan::group_energy_backward", "interpgan::langevin_step", "interpgan::langevin_step_"})
     EXPECT(c10::Dispatcher::singleton().findSchema({name, ""}).has_value(), name);
 
   // bad input raises

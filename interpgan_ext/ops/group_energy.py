@@ -105,20 +105,33 @@ def group_energy(f: torch.Tensor, W: torch.Tensor, groups: torch.Tensor) -> torc
 def _register():
     """Fake kernels (shape and dtype only) so that torch.compile traces the compiled ops."""
 
-    @torch.library.register_fake("interpgan::group_energy")
-    def _(f, W, groups):
+    def check_shapes(f, W, groups):
         torch._check(f.dim() in (3, 4), lambda: "group_energy: expected f of shape [B, M, H, W] or [B, M, K]")
         torch._check(W.dim() == 3, lambda: "group_energy: expected W of shape [M, C, K]")
         torch._check(W.shape[0] == f.shape[1], lambda: "group_energy: W.shape[0] must equal M = f.shape[1]")
         torch._check(groups.dim() == 1 and groups.shape[0] == f.shape[1], lambda: "group_energy: groups must be [M]")
+
+    @torch.library.register_fake("interpgan::group_energy")
+    def _(f, W, groups):
+        check_shapes(f, W, groups)
         return f.new_empty((f.shape[0],), dtype=W.dtype)
 
+    @torch.library.register_fake("interpgan::group_energy_with_stats")
+    def _(f, W, groups):
+        check_shapes(f, W, groups)
+        # Opaque statistics for the backward: group means and sums (CPU); CUDA saves none yet.
+        B, M, K = f.shape[0], f.shape[1], W.shape[2]
+        n = 2 * B * W.shape[1] * K if f.device.type == "cpu" else 0
+        stats_dtype = torch.float64 if f.dtype == torch.float64 else torch.float32
+        return f.new_empty((f.shape[0],), dtype=W.dtype), f.new_empty((n,), dtype=stats_dtype)
+
     @torch.library.register_fake("interpgan::group_energy_backward")
-    def _(grad_out, f, W, groups):
+    def _(grad_out, f, W, groups, stats=None):
         torch._check(grad_out.dim() == 1 and grad_out.shape[0] == f.shape[0], lambda: "grad_out must be [B]")
         return f.new_empty(f.shape), W.new_empty(W.shape)
 
-    # Autograd is registered in C++ (csrc/autograd.cpp): its backward is the op group_energy_backward.
+    # Autograd is registered in C++ (csrc/autograd.cpp): its forward is group_energy_with_stats, its backward
+    # the op group_energy_backward.
 
 
 if _backend.has_extension():
