@@ -22,9 +22,10 @@ at::Tensor call_group_energy(const at::Tensor& f, const at::Tensor& W, const at:
 
 std::tuple<at::Tensor, at::Tensor> call_group_energy_with_stats(const at::Tensor& f, const at::Tensor& W,
                                                                  const at::Tensor& groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("interpgan::group_energy_with_stats", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("interpgan::group_energy_with_stats", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
   return op.call(f, W, groups);
 }
 

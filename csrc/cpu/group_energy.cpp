@@ -4,8 +4,9 @@
 // tiles of KT consecutive positions held in one vector register (8 floats or 4 doubles), and compute the
 // energy's products in register blocks (product_block). Positions are independent in the energy, so tiles
 // are the unit of parallelism; a trailing K % KT positions are done one at a time (KT = 1).
-// Full tiles are first copied tile-major (copy_tiles), and the backward writes its outputs tile-major too. Nothing of size [B, M, C, K] is ever formed: per tile
-// the kernels keep only fbar and S, [C, KT] per sample.
+// Full tiles are first copied tile-major (copy_tiles), and the backward writes its outputs tile-major too.
+// Nothing of size [B, M, C, K] is ever formed: per tile the kernels keep only fbar and S, [C, KT] per sample,
+// and the forward can save those for the backward (group_energy_with_stats).
 #include "../checks.h"
 #include "../ops.h"
 
@@ -421,7 +422,10 @@ std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const 
   const auto W = W_in.contiguous().to(ct);
   const bool nothing = s.B == 0 || s.K == 0 || s.M == 0;  // g = 0, fbar = S = 0
   at::Tensor stats;
-  if (save_stats) stats = nothing ? at::zeros({2 * s.B * s.C * s.K}, f.options()) : at::empty({2 * s.B * s.C * s.K}, f.options());
+  if (save_stats) {
+    const int64_t n = 2 * s.B * s.C * s.K;
+    stats = nothing ? at::zeros({n}, f.options()) : at::empty({n}, f.options());
+  }
   std::vector<double> g(s.B, 0.0);
   if (!nothing) {
     AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_cpu", [&] {
