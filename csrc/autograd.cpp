@@ -53,6 +53,10 @@ class GroupEnergyFn : public torch::autograd::Function<GroupEnergyFn> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
+    // Without create_graph nothing records the backward: skip the autograd fallback's checks (the backward op
+    // has no derivative; with create_graph the fallback marks its outputs so that differentiating them raises).
+    std::optional<at::AutoDispatchBelowADInplaceOrView> no_graph;
+    if (!at::GradMode::is_enabled()) no_graph.emplace();
     auto [df, dW] = call_group_energy_backward(grads[0], saved[0], saved[1], saved[2], saved[3]);
     return {ctx->needs_input_grad(0) ? df : at::Tensor(), ctx->needs_input_grad(1) ? dW : at::Tensor(), at::Tensor()};
   }

@@ -28,13 +28,14 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, device, reps, warmup=3):
-    """Median seconds of fn() over reps runs (CUDA events on GPU, perf_counter on CPU)."""
+def median_time(fn, device, reps, warmup=3, min_seconds=1.0):
+    """Median seconds of fn() over at least reps runs and at least min_seconds of them (CUDA events on GPU,
+    perf_counter on CPU): sub-millisecond calls get hundreds of runs, so their median is not one noisy batch."""
     for _ in range(warmup):
         fn()
     sync(device)
     times = []
-    for _ in range(reps):
+    while len(times) < reps or (sum(times) < min_seconds and len(times) < 100 * reps):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
