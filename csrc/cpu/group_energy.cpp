@@ -85,8 +85,8 @@ IG_INLINE double lane_sum(const T* lanes, int n) {
 
 // Per tile every quantity is a vector of KT positions, and the energy's three products are small matrix
 // products whose "scalars" are those vectors (lane-wise multiply-adds, the positions never mix):
-//   A[b, j] = sum_c fbar[b, c] W[j, c]      (forward, and df)
-//   S[b, c] = sum_j f[b, j] W[j, c]         (df's path through fbar)
+//   S[b, c] = sum_j f[b, j] W[j, c]         (forward: g = sum_c fbar S; and df's path through fbar)
+//   A[b, j] = sum_c fbar[b, c] W[j, c]      (df)
 //   dW[j, c] = sum_b f[b, j] gg[b] fbar[b, c]
 // Each is computed in R x Q register blocks: a step of the sum loads R + Q vectors for R * Q multiply-adds,
 // and the R * Q accumulators are independent chains, enough to hide the FMA latency. On one tile in cache a
