@@ -31,13 +31,15 @@ std::tuple<at::Tensor, at::Tensor> call_group_energy_with_stats(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> call_group_energy_backward(const at::Tensor& gg, const at::Tensor& f,
                                                               const at::Tensor& W, const at::Tensor& groups,
-                                                              const std::optional<at::Tensor>& stats) {
+                                                              const std::optional<at::Tensor>& stats,
+                                                              std::array<bool, 2> output_mask) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("interpgan::group_energy_backward", "")
           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, const std::optional<at::Tensor>&)>();
-  return op.call(gg, f, W, groups, stats);
+                                                    const at::Tensor&, const std::optional<at::Tensor>&,
+                                                    std::array<bool, 2>)>();
+  return op.call(gg, f, W, groups, stats, output_mask);
 }
 
 // The forward saves the statistics that the backward would otherwise recompute (group means and sums: on the
@@ -57,8 +59,10 @@ class GroupEnergyFn : public torch::autograd::Function<GroupEnergyFn> {
     // has no derivative; with create_graph the fallback marks its outputs so that differentiating them raises).
     std::optional<at::AutoDispatchBelowADInplaceOrView> no_graph;
     if (!at::GradMode::is_enabled()) no_graph.emplace();
-    auto [df, dW] = call_group_energy_backward(grads[0], saved[0], saved[1], saved[2], saved[3]);
-    return {ctx->needs_input_grad(0) ? df : at::Tensor(), ctx->needs_input_grad(1) ? dW : at::Tensor(), at::Tensor()};
+    // Only what this backward pass needs: the sampler and L_real want df alone, L_cd dW alone.
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    auto [df, dW] = call_group_energy_backward(grads[0], saved[0], saved[1], saved[2], saved[3], mask);
+    return {df, dW, at::Tensor()};
   }
 };
 

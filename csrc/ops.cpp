@@ -8,10 +8,11 @@ TORCH_LIBRARY(interpgan, m) {
   m.def("group_energy(Tensor f, Tensor W, Tensor groups) -> Tensor");
   // What autograd calls: the forward also returns the statistics the backward needs (an opaque tensor whose
   // layout is the backend's; empty on CUDA, whose backward recomputes them), and the backward takes them.
+  // output_mask says which of (df, dW) to compute; the others come back undefined (None), as in ATen's backwards.
   m.def("group_energy_with_stats(Tensor f, Tensor W, Tensor groups) -> (Tensor, Tensor)");
   m.def(
-      "group_energy_backward(Tensor grad_out, Tensor f, Tensor W, Tensor groups, Tensor? stats=None) -> "
-      "(Tensor, Tensor)");
+      "group_energy_backward(Tensor grad_out, Tensor f, Tensor W, Tensor groups, Tensor? stats=None, "
+      "bool[2] output_mask=[True, True]) -> (Tensor, Tensor)");
   m.def(
       "langevin_step(Tensor z, Tensor grad, float step_size, float prior_weight=1.0, float? drift_clip=None, "
       "Tensor? noise=None, Generator? generator=None) -> Tensor",

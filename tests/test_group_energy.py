@@ -187,6 +187,37 @@ def test_backward_from_saved_stats_equals_recomputed(shape, dtype, device, seede
 
 
 @needs_ext
+@pytest.mark.parametrize("shape", [(6, 33, 3, 5, 7), (12, 130, 10, 13, 5)])
+def test_backward_output_mask(shape, device, seeded):
+    # A gradient left out of output_mask is not computed (None); the other is unchanged, with or without stats.
+    f, W, groups = make_inputs(*shape, device, torch.float64, gen=seeded)
+    gg = torch.randn(shape[0], generator=seeded, dtype=torch.float64).to(device)
+    _, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)
+    df, dW = torch.ops.interpgan.group_energy_backward(gg, f, W, groups)
+    for saved in (None, stats):
+        only_df = torch.ops.interpgan.group_energy_backward(gg, f, W, groups, saved, [True, False])
+        only_dW = torch.ops.interpgan.group_energy_backward(gg, f, W, groups, saved, [False, True])
+        assert only_df[1] is None and only_dW[0] is None
+        torch.testing.assert_close(only_df[0], df, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(only_dW[1], dW, rtol=1e-12, atol=1e-12)
+    assert torch.ops.interpgan.group_energy_backward(gg, f, W, groups, stats, [False, False]) == (None, None)
+    torch.library.opcheck(torch.ops.interpgan.group_energy_backward, (gg, f, W, groups, stats, [False, True]))
+
+
+@needs_ext
+def test_autograd_asks_only_for_the_gradients_it_needs(device, seeded):
+    # The sampler and L_real differentiate g in f only, L_cd in W only: each must get the same values as both.
+    f, W, groups = make_inputs(5, 40, 4, 4, 6, device, torch.float64, gen=seeded)
+    f.requires_grad_(True)
+    W.requires_grad_(True)
+    df, dW = torch.autograd.grad(group_energy(f, W, groups).sum(), (f, W))
+    (df_only,) = torch.autograd.grad(group_energy(f, W, groups).sum(), (f,))  # W requires grad, but is not asked
+    (dW_only,) = torch.autograd.grad(group_energy(f.detach(), W, groups).sum(), (W,))
+    torch.testing.assert_close(df_only, df, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dW_only, dW, rtol=1e-12, atol=1e-12)
+
+
+@needs_ext
 def test_backward_rejects_stats_of_other_inputs():
     f, W, groups = torch.randn(4, 6, 9), torch.randn(6, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2])
     _, stats = torch.ops.interpgan.group_energy_with_stats(f[:3], W, groups)

@@ -240,7 +240,7 @@ struct WeightGradBody {
   }
 };
 
-// Backward outputs of one tile, addressed out + row * ldo + ko (see InputGradBody).
+// Backward outputs of one tile, addressed out + row * ldo + ko (see InputGradBody); a null one is not computed.
 template <typename T>
 struct TileGrads {
   T* df;
@@ -263,14 +263,14 @@ IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, TileS
     }
   } else {
     group_means<T, KT>(p, 0, p.B, k0, fbar);
-    for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0, 0});
+    if (out.df != nullptr) for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0, 0});  // S is df's alone
   }
   for (int64_t i = 0; i < p.B * p.C; ++i) {  // both gradients are linear in gg[b]: scale once here
     fbar[i] *= gg[i / p.C];
     S[i] *= gg[i / p.C];
   }
-  for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko});
-  for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, out.df, k0, out.ldo, out.ko});
+  if (out.dW != nullptr) for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko});
+  if (out.df != nullptr) for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, out.df, k0, out.ldo, out.ko});
 }
 
 // Tile widths: one 256-bit register of lanes.
@@ -474,7 +474,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cpu(const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f_in,
                                                              const at::Tensor& W_in, const at::Tensor& groups_in,
-                                                             const std::optional<at::Tensor>& stats) {
+                                                             const std::optional<at::Tensor>& stats,
+                                                             std::array<bool, 2> output_mask) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
   TORCH_CHECK(grad_out.dim() == 1 && grad_out.size(0) == s.B, "group_energy_backward: expected grad_out of shape [B=",
               s.B, "], but got ", shape_str(grad_out));
@@ -494,17 +495,19 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   const auto f = as_bmk(f_in, s).to(ct);
   const auto W = W_in.contiguous().to(ct);
   const auto gg = grad_out.contiguous().to(ct);
+  const auto [want_df, want_dW] = output_mask;
   // Every element of df and dW is written below (fresh zeroed memory would cost a second pass), except dW
   // when there are no samples.
-  auto df = at::empty({s.B, s.M, s.K}, f.options());
-  auto dW = s.B == 0 ? at::zeros({s.M, s.C, s.K}, W.options()) : at::empty({s.M, s.C, s.K}, W.options());
-  if (s.B > 0 && s.K > 0 && s.M > 0) {
+  at::Tensor df, dW;
+  if (want_df) df = at::empty({s.B, s.M, s.K}, f.options());
+  if (want_dW) dW = s.B == 0 ? at::zeros({s.M, s.C, s.K}, W.options()) : at::empty({s.M, s.C, s.K}, W.options());
+  if (s.B > 0 && s.K > 0 && s.M > 0 && (want_df || want_dW)) {
     AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_backward_cpu", [&] {
       const GroupSizes<scalar_t> sizes(groups, s.C);
       const auto p = make_problem<scalar_t>(f, W, groups, sizes, s);
       const Tiling tiles(s.K, kTile<scalar_t>);
-      scalar_t* df_p = df.data_ptr<scalar_t>();
-      scalar_t* dW_p = dW.data_ptr<scalar_t>();
+      scalar_t* df_p = want_df ? df.data_ptr<scalar_t>() : nullptr;
+      scalar_t* dW_p = want_dW ? dW.data_ptr<scalar_t>() : nullptr;
       const scalar_t* gg_p = gg.data_ptr<scalar_t>();
       scalar_t* stats_p = has_stats ? stats->data_ptr<scalar_t>() : nullptr;  // read only
       const TileSource<scalar_t> source(p, tiles);
@@ -512,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       // tile's 32-byte pieces are half cache lines a page apart (measured ~10 ms slower at [64, 512, 256]).
       // df goes over the packed f, dW into a scratch of its own.
       const bool packed = source.f_packed != nullptr;
-      scalar_t* dW_packed = packed ? scratch<scalar_t>(2, tiles.full * tiles.KT * s.M * s.C) : nullptr;
+      scalar_t* dW_packed = packed && want_dW ? scratch<scalar_t>(2, tiles.full * tiles.KT * s.M * s.C) : nullptr;
       // Each tile writes its own positions of df and dW: no reduction across tasks.
       at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
@@ -521,18 +524,19 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
           const auto saved = saved_stats(stats_p, s, tiles.start(t), width, 0);
           if (packed && t < tiles.full)
             backward_tile_any(pt, gg_p, k0, width, saved,
-                              {const_cast<scalar_t*>(pt.f), dW_packed + t * s.M * s.C * tiles.KT, tiles.KT, 0});
+                              {want_df ? const_cast<scalar_t*>(pt.f) : nullptr,
+                               want_dW ? dW_packed + t * s.M * s.C * tiles.KT : nullptr, tiles.KT, 0});
           else
             backward_tile_any(pt, gg_p, k0, width, saved, {df_p, dW_p, s.K, tiles.start(t)});
         }
       });
-      if (packed) {
-        copy_tiles<scalar_t, kTile<scalar_t>, false>(df_p, s.B * s.M, s.K, tiles.full, source.f_packed);
-        copy_tiles<scalar_t, kTile<scalar_t>, false>(dW_p, s.M * s.C, s.K, tiles.full, dW_packed);
-      }
+      constexpr int KT = kTile<scalar_t>;
+      if (packed && want_df) copy_tiles<scalar_t, KT, false>(df_p, s.B * s.M, s.K, tiles.full, source.f_packed);
+      if (packed && want_dW) copy_tiles<scalar_t, KT, false>(dW_p, s.M * s.C, s.K, tiles.full, dW_packed);
     });
   }
-  return {df.view(f_in.sizes()).to(f_in.scalar_type()), dW.to(W_in.scalar_type())};
+  return {want_df ? df.view(f_in.sizes()).to(f_in.scalar_type()) : at::Tensor(),
+          want_dW ? dW.to(W_in.scalar_type()) : at::Tensor()};
 }
 
 }  // namespace interpgan

@@ -319,7 +319,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cuda(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& grad_out, const at::Tensor& f_in,
                                                               const at::Tensor& W_in, const at::Tensor& groups_in,
-                                                              const std::optional<at::Tensor>& /*stats*/) {
+                                                              const std::optional<at::Tensor>& /*stats*/,
+                                                              std::array<bool, 2> output_mask) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
   TORCH_CHECK_VALUE(grad_out.dim() == 1 && grad_out.size(0) == s.B,
                     "group_energy_backward: expected grad_out of shape [B=", s.B, "], but got ", shape_str(grad_out));
@@ -330,14 +331,19 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
   const auto W = W_in.contiguous();
   const auto groups = groups_in.contiguous();
   const auto gg = grad_out.to(f.scalar_type()).contiguous();
-  auto df = at::empty({s.B, s.M, s.K}, f.options());
-  auto dW = at::empty({s.M, s.C, s.K}, W.options());
-  if (s.B == 0 || s.K == 0 || s.M == 0) return {df.zero_().view(f_in.sizes()), dW.zero_()};
+  const auto [want_df, want_dW] = output_mask;  // an output left out is returned undefined
+  auto df = want_df ? at::empty({s.B, s.M, s.K}, f.options()) : at::Tensor();
+  auto dW = want_dW ? at::empty({s.M, s.C, s.K}, W.options()) : at::Tensor();
+  if (s.B == 0 || s.K == 0 || s.M == 0 || !(want_df || want_dW)) {
+    if (want_df) df.zero_();
+    if (want_dW) dW.zero_();
+    return {want_df ? df.view(f_in.sizes()) : df, dW};
+  }
   const auto acc_opts = f.options().dtype(acc_dtype(f));
   const int64_t BCK = s.B * s.C * s.K;
-  auto S = at::empty({s.B, s.C, s.K}, acc_opts);
   auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
-  auto S_part = at::empty({kSplitJ, BCK}, acc_opts);
+  auto S = want_df ? at::empty({s.B, s.C, s.K}, acc_opts) : at::Tensor();  // S is df's alone
+  auto S_part = want_df ? at::empty({kSplitJ, BCK}, acc_opts) : at::Tensor();
   auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 block(kTileK, kRows);
   const int64_t c_blocks = ceil_div(s.C, kBlockC), k_tiles = ceil_div(s.K, kTileK);
@@ -350,25 +356,29 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
         f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M,
         s.C, s.K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    group_sums_kernel<scalar_t, w_t, acc_t>
-        <<<checked_grid(c_blocks, k_tiles, ceil_div(s.B, kRows * kBlockB) * kSplitJ, "group sums"), block, 0, stream>>>(
-            f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), S_part.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    reduce_sums_kernel<acc_t><<<checked_grid(ceil_div(BCK, 256), 1, 1, "reduce"), 256, 0, stream>>>(
-        S_part.data_ptr<acc_t>(), inv_n.data_ptr<acc_t>(), S.data_ptr<acc_t>(), BCK, s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    weighted_means_kernel<Mode::Grad, scalar_t, w_t, acc_t>
-        <<<checked_grid(ceil_div(s.B, kBlockB), k_tiles, ceil_div(s.M, kRows * kBlockJ), "df"), block, 0, stream>>>(
-            f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),
-            S.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), nullptr, df.data_ptr<scalar_t>(), s.B, s.M, s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    weight_grad_kernel<scalar_t, w_t, acc_t>
-        <<<checked_grid(c_blocks, k_tiles, ceil_div(s.M, kRows * kBlockJ), "dW"), block, 0, stream>>>(
-            f.data_ptr<scalar_t>(), fbar.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), dW.data_ptr<w_t>(), s.B, s.M, s.C,
-            s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (want_df) {  // S and df
+      group_sums_kernel<scalar_t, w_t, acc_t>
+          <<<checked_grid(c_blocks, k_tiles, ceil_div(s.B, kRows * kBlockB) * kSplitJ, "group sums"), block, 0, stream>>>(
+              f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), S_part.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      reduce_sums_kernel<acc_t><<<checked_grid(ceil_div(BCK, 256), 1, 1, "reduce"), 256, 0, stream>>>(
+          S_part.data_ptr<acc_t>(), inv_n.data_ptr<acc_t>(), S.data_ptr<acc_t>(), BCK, s.C, s.K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      weighted_means_kernel<Mode::Grad, scalar_t, w_t, acc_t>
+          <<<checked_grid(ceil_div(s.B, kBlockB), k_tiles, ceil_div(s.M, kRows * kBlockJ), "df"), block, 0, stream>>>(
+              f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),
+              S.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), nullptr, df.data_ptr<scalar_t>(), s.B, s.M, s.C, s.K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (want_dW) {
+      weight_grad_kernel<scalar_t, w_t, acc_t>
+          <<<checked_grid(c_blocks, k_tiles, ceil_div(s.M, kRows * kBlockJ), "dW"), block, 0, stream>>>(
+              f.data_ptr<scalar_t>(), fbar.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), dW.data_ptr<w_t>(), s.B, s.M, s.C,
+              s.K);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
-  return {df.view(f_in.sizes()), dW};
+  return {want_df ? df.view(f_in.sizes()) : df, dW};
 }
 
 }  // namespace interpgan

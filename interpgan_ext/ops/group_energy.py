@@ -126,9 +126,10 @@ def _register():
         return f.new_empty((f.shape[0],), dtype=W.dtype), f.new_empty((n,), dtype=stats_dtype)
 
     @torch.library.register_fake("interpgan::group_energy_backward")
-    def _(grad_out, f, W, groups, stats=None):
+    def _(grad_out, f, W, groups, stats=None, output_mask=(True, True)):
         torch._check(grad_out.dim() == 1 and grad_out.shape[0] == f.shape[0], lambda: "grad_out must be [B]")
-        return f.new_empty(f.shape), W.new_empty(W.shape)
+        # an output left out of output_mask is not computed: None, as in ATen's backward ops
+        return (f.new_empty(f.shape) if output_mask[0] else None, W.new_empty(W.shape) if output_mask[1] else None)
 
     # Autograd is registered in C++ (csrc/autograd.cpp): its forward is group_energy_with_stats, its backward
     # the op group_energy_backward.
