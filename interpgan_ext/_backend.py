@@ -61,12 +61,17 @@ def cuda_version_mismatch():
     return None
 
 
+def torch_uses_openmp() -> bool:
+    """Whether torch's intra-op thread pool is OpenMP (the Linux wheels), which the extension must then share."""
+    return "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+
+
 def serial_cpu_kernels():
     """A message if torch's CPU thread pool is OpenMP but the extension was compiled without it, else None:
     its CPU kernels would then run on one thread (at::parallel_for is compiled into the extension)."""
     if _C is None or getattr(_C, "cpu_parallel", None) is not None or torch.get_num_threads() == 1:
         return None
-    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+    if not torch_uses_openmp():
         return None
     return (
         "interpgan_ext was compiled without OpenMP, so its CPU kernels run on one thread instead of "

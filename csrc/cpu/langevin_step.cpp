@@ -10,6 +10,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <limits>
 
 namespace interpgan {
 namespace {
@@ -21,8 +22,9 @@ void langevin_kernel(scalar_t* out, const scalar_t* z, const scalar_t* grad, con
   const opmath_t half_sq = static_cast<opmath_t>(0.5 * step_size * step_size);
   const opmath_t step = static_cast<opmath_t>(step_size);
   const opmath_t pw = static_cast<opmath_t>(prior_weight);
-  const bool clip = drift_clip.has_value();
-  const opmath_t lim = clip ? static_cast<opmath_t>(*drift_clip) : opmath_t(0);
+  // No clip is a clip at infinity: one loop, and min/max keep a NaN drift NaN (both return their first argument).
+  const opmath_t lim = drift_clip.has_value() ? static_cast<opmath_t>(*drift_clip)
+                                              : std::numeric_limits<opmath_t>::infinity();
   // Captured by value and read into locals: captured by reference they sit on the calling thread's stack, a
   // store through `out` may alias them (so they are reloaded every element), and that stack is written by the
   // calling thread as it runs its own share (measured 2.6x slower on 2 threads than on 1).
@@ -32,18 +34,10 @@ void langevin_kernel(scalar_t* out, const scalar_t* z, const scalar_t* grad, con
     const scalar_t* __restrict__ gp = grad;
     const scalar_t* __restrict__ ep = noise;
     const opmath_t h = half_sq, st = step, w = pw, l = lim;
-    if (clip) {
-      for (int64_t i = begin; i < end; ++i) {
-        const opmath_t zi = static_cast<opmath_t>(zp[i]);
-        opmath_t drift = static_cast<opmath_t>(gp[i]) - w * zi;
-        drift = std::min(std::max(drift, -l), l);  // NaN stays NaN: both return their first argument then
-        o[i] = static_cast<scalar_t>(zi + h * drift + st * static_cast<opmath_t>(ep[i]));
-      }
-    } else {
-      for (int64_t i = begin; i < end; ++i) {
-        const opmath_t zi = static_cast<opmath_t>(zp[i]);
-        o[i] = static_cast<scalar_t>(zi + h * (static_cast<opmath_t>(gp[i]) - w * zi) + st * static_cast<opmath_t>(ep[i]));
-      }
+    for (int64_t i = begin; i < end; ++i) {
+      const opmath_t zi = static_cast<opmath_t>(zp[i]);
+      const opmath_t drift = std::min(std::max(static_cast<opmath_t>(gp[i]) - w * zi, -l), l);
+      o[i] = static_cast<scalar_t>(zi + h * drift + st * static_cast<opmath_t>(ep[i]));
     }
   });
 }
