@@ -54,6 +54,16 @@ inline EnergyShape check_group_energy_args(const char* op, const at::Tensor& f, 
   return s;
 }
 
+// The incoming gradient of group_energy_backward: [B], floating point, on f's device (read with its strides).
+inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor& f, int64_t B) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 1 && grad_out.size(0) == B, op, ": expected grad_out of shape [B=", B,
+                    "], but got ", shape_str(grad_out));
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_out.scalar_type()), op,
+                   ": expected grad_out to be a floating-point tensor, but got dtype ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.device() == f.device(), op, ": expected grad_out on ", f.device(), ", but got ",
+              grad_out.device());
+}
+
 // Exact range check of group ids; only for tensors already on the CPU.
 inline void check_group_ids_cpu(const char* op, const at::Tensor& groups, int64_t C) {
   const int64_t* q = groups.data_ptr<int64_t>();
@@ -86,9 +96,15 @@ inline void check_langevin_args(const char* op, const at::Tensor& z, const at::T
   }
 }
 
-// View f as [B, M, K] contiguous (copies only when the caller's tensor is not contiguous).
+// f's values as a contiguous [B, M, K] array: f itself when it is contiguous (the kernels only read its data, and
+// a reshape would be one more op per call), else a contiguous [B, M, K] copy.
 inline at::Tensor as_bmk(const at::Tensor& f, const EnergyShape& s) {
-  return f.reshape({s.B, s.M, s.K}).contiguous();
+  return f.is_contiguous() ? f : f.reshape({s.B, s.M, s.K}).contiguous();
+}
+
+// t in dtype ct; a converting op is dispatched only when the dtype differs.
+inline at::Tensor in_dtype(const at::Tensor& t, at::ScalarType ct) {
+  return t.scalar_type() == ct ? t : t.to(ct);
 }
 
 }  // namespace interpgan

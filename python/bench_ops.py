@@ -28,26 +28,51 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, device, reps, warmup=3, min_seconds=1.0):
-    """Median seconds of fn() over at least reps runs and at least min_seconds of them (CUDA events on GPU,
-    perf_counter on CPU): sub-millisecond calls get hundreds of runs, so their median is not one noisy batch."""
-    for _ in range(warmup):
+def time_once(fn, device):
+    """Seconds of one fn() call: CUDA events on GPU, perf_counter on CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    sync(device)
-    times = []
-    while len(times) < reps or (sum(times) < min_seconds and len(times) < 100 * reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median_times(versions, device, reps, warmup=3, min_seconds=1.0, block_seconds=0.01):
+    """Median seconds of each version's fn() ({name: fn} -> {name: s}), timed in interleaved rounds, so that a
+    slow spell of a noisy machine hits every version rather than the one timed then (the ratios are the result).
+    A round runs each version for a block of about block_seconds. A block's first call is not recorded: it finds
+    the caches and threads as the other versions left them, while every version is timed in the steady state of
+    repeated calls. (A call longer than a block is one block, recorded.) Rounds go on until every version has at
+    least reps runs and at least min_seconds of them (capped at 100 * reps): sub-millisecond calls get hundreds."""
+    per_call = {}
+    for name, fn in versions.items():
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
+        per_call[name] = time_once(fn, device)
+    times = {name: [] for name in versions}
+
+    def done(ts):
+        return len(ts) >= reps and (sum(ts) >= min_seconds or len(ts) >= 100 * reps)
+
+    while not all(done(ts) for ts in times.values()):
+        for name, fn in versions.items():
+            if per_call[name] >= block_seconds:
+                times[name].append(time_once(fn, device))
+                continue
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            sync(device)
+            for _ in range(max(1, int(block_seconds / max(per_call[name], 1e-7)))):
+                times[name].append(time_once(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def median_time(fn, device, reps, warmup=3, min_seconds=1.0):
+    return median_times({"fn": fn}, device, reps, warmup, min_seconds)["fn"]
 
 
 def measure_ceilings(device, quick):
@@ -100,7 +125,7 @@ def bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_broadcast_
     fb_flops = 4 * fwd_flops
     rows = []
     for mode, n_bytes, flops in (("forward", fwd_bytes, fwd_flops), ("forward+backward", fb_bytes, fb_flops)):
-        times = {}
+        runs = {}
         for name, fn in versions.items():
             state = {"i": 0}
 
@@ -113,7 +138,8 @@ def bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_broadcast_
                 g = fn(f, W, groups)
                 return torch.autograd.grad(g.sum(), (f, W))
 
-            times[name] = median_time(run, device, reps)
+            runs[name] = run
+        times = median_times(runs, device, reps)
         rows.append(make_row("group_energy", shape, mode, times, n_bytes, flops, peak_bw, peak_flops))
     return rows
 
@@ -133,7 +159,7 @@ def bench_langevin(shape, device, reps, peak_bw, peak_flops):
         "eager": lambda: langevin_eager(z, grad, 0.1),
         "compiled": lambda: compiled(z, grad, 0.1),
     }
-    times = {name: median_time(fn, device, reps) for name, fn in versions.items()}
+    times = median_times(versions, device, reps)
     n = z.numel()
     return [make_row("langevin_step", list(shape), "update", times, 3 * n * 4, 8 * n, peak_bw, peak_flops)]
 

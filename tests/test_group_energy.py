@@ -218,6 +218,31 @@ def test_autograd_asks_only_for_the_gradients_it_needs(device, seeded):
 
 
 @needs_ext
+def test_backward_reads_grad_out_through_its_strides_and_dtype(device, seeded):
+    # Autograd hands the gradient of g.sum() as a stride-0 expansion; the kernels read it in place, and any
+    # floating dtype, not only a contiguous copy in the compute dtype.
+    f, W, groups = make_inputs(6, 33, 3, 5, 7, device, torch.float32, gen=seeded)
+    _, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)
+    every_other = torch.randn(12, generator=seeded).to(device)[::2]
+    for gg in (torch.full((1,), 0.75, device=device).expand(6), every_other, every_other.half(), every_other.double()):
+        expected = torch.ops.interpgan.group_energy_backward(gg.float().contiguous(), f, W, groups, stats)
+        for saved in (None, stats):
+            got = torch.ops.interpgan.group_energy_backward(gg, f, W, groups, saved)
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@needs_ext
+def test_backward_rejects_bad_grad_out():
+    f, W, groups = torch.randn(4, 6, 9), torch.randn(6, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(TypeError, match="expected grad_out to be a floating-point tensor, but got dtype Long"):
+        torch.ops.interpgan.group_energy_backward(torch.ones(4, dtype=torch.long), f, W, groups)
+    if not _backend.PYTHON_PRECHECKS:  # a C++ ValueError: see test_direct_op_call_checks_inputs
+        with pytest.raises(ValueError, match=r"expected grad_out of shape \[B=4\], but got \[3\]"):
+            torch.ops.interpgan.group_energy_backward(torch.ones(3), f, W, groups)
+
+
+@needs_ext
 def test_backward_rejects_stats_of_other_inputs():
     f, W, groups = torch.randn(4, 6, 9), torch.randn(6, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2])
     _, stats = torch.ops.interpgan.group_energy_with_stats(f[:3], W, groups)

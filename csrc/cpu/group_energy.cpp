@@ -36,12 +36,14 @@ struct Problem {
   const int64_t* q;  // [M], validated ids
   const T* inv_n;    // [C], 1 / n_c, or 0 for an empty group
   const T* n;        // [C], n_c
+  const int64_t* members;       // [M]: the filters of group 0 in order, then those of group 1, ...
+  const int64_t* member_start;  // [C + 1]: group c is members[member_start[c] : member_start[c + 1]]
   int64_t B, M, K, C;  // K is also the row stride of f and W: KT inside a packed tile
 };
 
 // A tile of KT positions is one GCC/Clang vector (256 bits: 8 floats or 4 doubles), so every multiply-add
 // below is a packed FMA in the AVX2 clone and two SSE ones in the portable clone; KT = 1 is the scalar tail.
-// The typedef lowers the vector's alignment to T's, so scalar buffers can hold vectors (see VecBuffer).
+// The typedef lowers the vector's alignment to T's, so scalar buffers can hold vectors (see scratch).
 template <typename T, int KT>
 struct VecOf {
   typedef T type __attribute__((vector_size(KT * sizeof(T)), aligned(sizeof(T))));
@@ -130,17 +132,32 @@ IG_INLINE void for_blocks(int64_t n1, int64_t n2, const Body& body) {
   else if (n1 - i == 1) block_row<1>(i, n2, body);
 }
 
-// fbar[b - b0, c] for samples [b0, b1) on the tile starting at k0, scaled by 1 / n_c.
+// fbar[r, c] for the R samples from b on the tile starting at k0, scaled by 1 / n_c. Group by group, the sums
+// stay in registers (adding into fbar[q_j] filter by filter made every add wait for the previous store).
+template <typename T, int KT, int R>
+IG_INLINE void group_means_rows(const Problem<T>& p, int64_t b, int64_t k0, Vec<T, KT>* fbar) {
+  using V = Vec<T, KT>;
+  const T* fb = p.f + b * p.M * p.K + k0;
+  for (int64_t c = 0; c < p.C; ++c) {
+    V acc[R];
+    IG_UNROLL for (int r = 0; r < R; ++r) acc[r] = V{};
+    for (int64_t i = p.member_start[c]; i < p.member_start[c + 1]; ++i) {
+      const T* fj = fb + p.members[i] * p.K;
+      IG_UNROLL for (int r = 0; r < R; ++r) acc[r] += vload<V>(fj + r * p.M * p.K);
+    }
+    IG_UNROLL for (int r = 0; r < R; ++r) fbar[r * p.C + c] = acc[r] * p.inv_n[c];
+  }
+}
+
+// fbar[b - b0, c] for samples [b0, b1), kBlockR samples at a time (independent chains of adds).
 template <typename T, int KT>
 IG_INLINE void group_means(const Problem<T>& p, int64_t b0, int64_t b1, int64_t k0, Vec<T, KT>* fbar) {
-  using V = Vec<T, KT>;
-  for (int64_t b = b0; b < b1; ++b) {
-    V* out = fbar + (b - b0) * p.C;
-    for (int64_t c = 0; c < p.C; ++c) out[c] = V{};
-    const T* fb = p.f + b * p.M * p.K + k0;
-    for (int64_t j = 0; j < p.M; ++j) out[p.q[j]] += vload<V>(fb + j * p.K);
-    for (int64_t c = 0; c < p.C; ++c) out[c] *= p.inv_n[c];
-  }
+  int64_t b = b0;
+  for (; b + kBlockR <= b1; b += kBlockR) group_means_rows<T, KT, kBlockR>(p, b, k0, fbar + (b - b0) * p.C);
+  static_assert(kBlockR == 4, "the edge below covers a remainder of 1 to 3");
+  if (b1 - b == 3) group_means_rows<T, KT, 3>(p, b, k0, fbar + (b - b0) * p.C);
+  else if (b1 - b == 2) group_means_rows<T, KT, 2>(p, b, k0, fbar + (b - b0) * p.C);
+  else if (b1 - b == 1) group_means_rows<T, KT, 1>(p, b, k0, fbar + (b - b0) * p.C);
 }
 
 // A[b, j] = sum_c fbar[b, c] W[j, c] for the R samples from row i of fbar and the Q filters from j0.
@@ -167,14 +184,18 @@ struct GroupSumsBody {
   }
 };
 
-// Scratch of n vectors, held as scalars: std::vector<Vec> would instantiate library code shared by the AVX2
-// and portable clones, which pass 256-bit vectors differently (an ABI mismatch that crashed).
-template <typename T, int KT>
-struct VecBuffer {
-  std::vector<T> data;
-  explicit VecBuffer(int64_t n) : data(n * KT, T(0)) {}
-  Vec<T, KT>* get() { return reinterpret_cast<Vec<T, KT>*>(data.data()); }  // vector types alias T
-};
+// Buffers kept per thread and grown on demand, never freed: a fresh allocation per call (or per tile) would pay
+// for zero-filling and page faults every time; they are reused across the calls of a training loop. They hold
+// scalars: std::vector<Vec> would instantiate library code shared by the AVX2 and portable clones, which pass
+// 256-bit vectors differently (an ABI mismatch that crashed).
+enum ScratchSlot { kPackedF, kPackedW, kPackedDW, kTileStats, kNumSlots };
+template <typename T>
+T* scratch(ScratchSlot slot, int64_t n) {
+  thread_local std::vector<T> buffers[kNumSlots];
+  auto& buf = buffers[slot];
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+  return buf.data();
+}
 
 // The per-tile statistics the backward needs, [rows, C] vectors of the tile's width each: the group means fbar
 // and the pre-scaled group sums S. The forward computes them anyway; saved, the backward skips a third of its work.
@@ -190,9 +211,9 @@ template <typename T, int KT>
 IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b0, int64_t b1, double* g, TileStats<T> out) {
   using V = Vec<T, KT>;
   const int64_t nb = b1 - b0;
-  VecBuffer<T, KT> local(out.fbar ? 0 : 2 * nb * p.C);
-  V* fbar = out.fbar ? reinterpret_cast<V*>(out.fbar) : local.get();
-  V* S = out.S ? reinterpret_cast<V*>(out.S) : local.get() + nb * p.C;
+  V* local = out.fbar ? nullptr : reinterpret_cast<V*>(scratch<T>(kTileStats, 2 * nb * p.C * KT));
+  V* fbar = out.fbar ? reinterpret_cast<V*>(out.fbar) : local;
+  V* S = out.S ? reinterpret_cast<V*>(out.S) : local + nb * p.C;
   group_means<T, KT>(p, b0, b1, k0, fbar);
   for_blocks(nb, p.C, GroupSumsBody<T, KT>{p, S, k0, b0});
   for (int64_t b = 0; b < nb; ++b) {
@@ -253,21 +274,21 @@ struct TileGrads {
 template <typename T, int KT>
 IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, TileStats<T> saved, TileGrads<T> out) {
   using V = Vec<T, KT>;
-  VecBuffer<T, KT> fbar_buf(p.B * p.C), S_buf(p.B * p.C);
-  V* fbar = fbar_buf.get();
-  V* S = S_buf.get();
-  if (saved.fbar != nullptr) {
-    for (int64_t i = 0; i < p.B * p.C; ++i) {
-      fbar[i] = vload<V>(saved.fbar + i * KT);
-      S[i] = vload<V>(saved.S + i * KT);
-    }
-  } else {
+  T* buf = scratch<T>(kTileStats, 2 * p.B * p.C * KT);
+  V* fbar = reinterpret_cast<V*>(buf);
+  V* S = fbar + p.B * p.C;
+  if (saved.fbar == nullptr) {
     group_means<T, KT>(p, 0, p.B, k0, fbar);
     if (out.df != nullptr) for_blocks(p.B, p.C, GroupSumsBody<T, KT>{p, S, k0, 0});  // S is df's alone
+    saved = {buf, buf + p.B * p.C * KT};
   }
-  for (int64_t i = 0; i < p.B * p.C; ++i) {  // both gradients are linear in gg[b]: scale once here
-    fbar[i] *= gg[i / p.C];
-    S[i] *= gg[i / p.C];
+  // Both gradients are linear in gg[b]: scale the statistics once here (saved ones are read, not written).
+  for (int64_t b = 0; b < p.B; ++b) {
+    for (int64_t c = 0; c < p.C; ++c) {
+      const int64_t i = b * p.C + c;
+      fbar[i] = vload<V>(saved.fbar + i * KT) * gg[b];
+      if (out.df != nullptr) S[i] = vload<V>(saved.S + i * KT) * gg[b];
+    }
   }
   if (out.dW != nullptr) for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko});
   if (out.df != nullptr) for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, out.df, k0, out.ldo, out.ko});
@@ -326,16 +347,6 @@ void copy_tiles(T* rowmajor, int64_t rows, int64_t K, int64_t n_tiles, T* packed
   });
 }
 
-// Packing buffers, kept per calling thread and grown on demand: a fresh allocation per call would pay for
-// zero-filling and page faults on tens of MB every time (they are reused across the calls of a training loop).
-template <typename T>
-T* scratch(int slot, int64_t n) {
-  thread_local std::vector<T> buffers[3];
-  auto& buf = buffers[slot];
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
-  return buf.data();
-}
-
 // Tile t covers [k0, k0 + width): full tiles first, then the trailing positions one by one.
 struct Tiling {
   int64_t full, count, KT;
@@ -348,10 +359,19 @@ struct Tiling {
 template <typename T>
 struct GroupSizes {
   std::vector<T> n, inv;
-  GroupSizes(const at::Tensor& groups, int64_t C) : n(C, T(0)), inv(C, T(0)) {
+  std::vector<int64_t> members, member_start;  // the filters listed group by group (see Problem)
+  GroupSizes(const at::Tensor& groups, int64_t C)
+      : n(C, T(0)), inv(C, T(0)), members(groups.numel()), member_start(C + 1, 0) {
     const int64_t* q = groups.data_ptr<int64_t>();
-    for (int64_t j = 0; j < groups.numel(); ++j) n[q[j]] += T(1);
-    for (int64_t c = 0; c < C; ++c) inv[c] = n[c] > 0 ? T(1) / n[c] : T(0);
+    const int64_t M = groups.numel();
+    for (int64_t j = 0; j < M; ++j) ++member_start[q[j] + 1];
+    for (int64_t c = 0; c < C; ++c) {
+      n[c] = T(member_start[c + 1]);
+      inv[c] = n[c] > 0 ? T(1) / n[c] : T(0);
+      member_start[c + 1] += member_start[c];
+    }
+    std::vector<int64_t> next(member_start.begin(), member_start.end() - 1);
+    for (int64_t j = 0; j < M; ++j) members[next[q[j]]++] = j;
   }
 };
 
@@ -359,7 +379,7 @@ template <typename T>
 Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups, const GroupSizes<T>& sizes,
                         const EnergyShape& s) {
   return Problem<T>{f.data_ptr<T>(), W.data_ptr<T>(), groups.data_ptr<int64_t>(), sizes.inv.data(), sizes.n.data(),
-                    s.B, s.M, s.K, s.C};
+                    sizes.members.data(), sizes.member_start.data(), s.B, s.M, s.K, s.C};
 }
 
 // Packing pays off once f and W outgrow the caches; below this many bytes the kernels read them in place.
@@ -375,8 +395,8 @@ struct TileSource {
 
   TileSource(const Problem<T>& p_, const Tiling& tiles_) : p(p_), tiles(tiles_) {
     if ((p.B + p.C) * p.M * p.K * int64_t(sizeof(T)) <= kPackBytes) return;
-    f_packed = scratch<T>(0, tiles.full * tiles.KT * p.B * p.M);
-    W_packed = scratch<T>(1, tiles.full * tiles.KT * p.M * p.C);
+    f_packed = scratch<T>(kPackedF, tiles.full * tiles.KT * p.B * p.M);
+    W_packed = scratch<T>(kPackedW, tiles.full * tiles.KT * p.M * p.C);
     copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.f), p.B * p.M, p.K, tiles.full, f_packed);
     copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.W), p.M * p.C, p.K, tiles.full, W_packed);
   }
@@ -411,6 +431,19 @@ TileStats<T> saved_stats(T* stats, const EnergyShape& s, int64_t k0, int64_t wid
   return {fbar, fbar + s.B * s.C * s.K};
 }
 
+// grad_out's values in the compute dtype, read through its stride: autograd passes the gradient of a sum as a
+// stride-0 expansion, which .contiguous().to() would copy with two more ops per call.
+template <typename T>
+std::vector<T> grad_values(const at::Tensor& grad_out) {
+  std::vector<T> values(grad_out.numel());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "group_energy_backward_cpu", [&] {
+    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+    const int64_t stride = grad_out.stride(0);
+    for (size_t b = 0; b < values.size(); ++b) values[b] = static_cast<T>(g[b * stride]);
+  });
+  return values;
+}
+
 // g, and the statistics when save_stats (else an undefined tensor).
 std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const at::Tensor& W_in,
                                                   const at::Tensor& groups_in, bool save_stats) {
@@ -418,8 +451,8 @@ std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const 
   const auto groups = groups_in.contiguous();
   check_group_ids_cpu("group_energy", groups, s.C);
   const auto ct = compute_dtype(f_in);
-  const auto f = as_bmk(f_in, s).to(ct);
-  const auto W = W_in.contiguous().to(ct);
+  const auto f = in_dtype(as_bmk(f_in, s), ct);
+  const auto W = in_dtype(W_in.contiguous(), ct);
   const bool nothing = s.B == 0 || s.K == 0 || s.M == 0;  // g = 0, fbar = S = 0
   at::Tensor stats;
   if (save_stats) {
@@ -477,10 +510,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
                                                              const std::optional<at::Tensor>& stats,
                                                              std::array<bool, 2> output_mask) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
-  TORCH_CHECK(grad_out.dim() == 1 && grad_out.size(0) == s.B, "group_energy_backward: expected grad_out of shape [B=",
-              s.B, "], but got ", shape_str(grad_out));
-  TORCH_CHECK(grad_out.device() == f_in.device(), "group_energy_backward: expected grad_out on ", f_in.device(),
-              ", but got ", grad_out.device());
+  check_grad_out("group_energy_backward", grad_out, f_in, s.B);
   const auto groups = groups_in.contiguous();
   check_group_ids_cpu("group_energy_backward", groups, s.C);
   const auto ct = compute_dtype(f_in);
@@ -492,9 +522,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
                 ct, " [", 2 * s.B * s.C * s.K, "] on ", f_in.device(), "), but got ", stats->scalar_type(), " ",
                 shape_str(*stats), " on ", stats->device());
   }
-  const auto f = as_bmk(f_in, s).to(ct);
-  const auto W = W_in.contiguous().to(ct);
-  const auto gg = grad_out.contiguous().to(ct);
+  const auto f = in_dtype(as_bmk(f_in, s), ct);
+  const auto W = in_dtype(W_in.contiguous(), ct);
   const auto [want_df, want_dW] = output_mask;
   // Every element of df and dW is written below (fresh zeroed memory would cost a second pass), except dW
   // when there are no samples.
@@ -508,14 +537,16 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       const Tiling tiles(s.K, kTile<scalar_t>);
       scalar_t* df_p = want_df ? df.data_ptr<scalar_t>() : nullptr;
       scalar_t* dW_p = want_dW ? dW.data_ptr<scalar_t>() : nullptr;
-      const scalar_t* gg_p = gg.data_ptr<scalar_t>();
+      const std::vector<scalar_t> gg = grad_values<scalar_t>(grad_out);
+      const scalar_t* gg_p = gg.data();
       scalar_t* stats_p = has_stats ? stats->data_ptr<scalar_t>() : nullptr;  // read only
       const TileSource<scalar_t> source(p, tiles);
       // Packed tiles write tile-major, then one blocked pass scatters both gradients: written in place, each
       // tile's 32-byte pieces are half cache lines a page apart (measured ~10 ms slower at [64, 512, 256]).
       // df goes over the packed f, dW into a scratch of its own.
       const bool packed = source.f_packed != nullptr;
-      scalar_t* dW_packed = packed && want_dW ? scratch<scalar_t>(2, tiles.full * tiles.KT * s.M * s.C) : nullptr;
+      scalar_t* dW_packed =
+          packed && want_dW ? scratch<scalar_t>(kPackedDW, tiles.full * tiles.KT * s.M * s.C) : nullptr;
       // Each tile writes its own positions of df and dW: no reduction across tasks.
       at::parallel_for(0, tiles.count, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
@@ -535,8 +566,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       if (packed && want_dW) copy_tiles<scalar_t, KT, false>(dW_p, s.M * s.C, s.K, tiles.full, dW_packed);
     });
   }
-  return {want_df ? df.view(f_in.sizes()).to(f_in.scalar_type()) : at::Tensor(),
-          want_dW ? dW.to(W_in.scalar_type()) : at::Tensor()};
+  return {want_df ? in_dtype(df.view(f_in.sizes()), f_in.scalar_type()) : at::Tensor(),
+          want_dW ? in_dtype(dW, W_in.scalar_type()) : at::Tensor()};
 }
 
 }  // namespace interpgan

@@ -322,10 +322,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
                                                               const std::optional<at::Tensor>& /*stats*/,
                                                               std::array<bool, 2> output_mask) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
-  TORCH_CHECK_VALUE(grad_out.dim() == 1 && grad_out.size(0) == s.B,
-                    "group_energy_backward: expected grad_out of shape [B=", s.B, "], but got ", shape_str(grad_out));
-  TORCH_CHECK(grad_out.device() == f_in.device(), "group_energy_backward: expected grad_out on ", f_in.device(),
-              ", but got ", grad_out.device());
+  check_grad_out("group_energy_backward", grad_out, f_in, s.B);
   const c10::cuda::OptionalCUDAGuard guard(f_in.device());
   const auto f = as_bmk(f_in, s);
   const auto W = W_in.contiguous();
