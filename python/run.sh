@@ -11,6 +11,26 @@ cd "$(dirname "$0")/.."
 VENV=${INTERPGAN_VENV:-.venv}
 TORCH_SPEC=${INTERPGAN_TORCH:-torch==2.14.1}
 
+# Free space the first install needs: the CUDA build of torch fills ~6 GB of venv (plus pip's unpacking),
+# the CPU build ~1.5 GB. Fail before pip does, with what to do instead of pip's "[Errno 28]".
+# INTERPGAN_LOW_DISK_FALLBACK=1 (set by .ci/run) takes the CPU build instead, without the CUDA kernels.
+check_disk() {
+  local need_gb=2 free_gb
+  if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then need_gb=9; fi
+  free_gb=$(df -Pk "$VENV" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -ge "$need_gb" ]; then return 0; fi
+  if [ "${INTERPGAN_LOW_DISK_FALLBACK:-0}" = "1" ] && [ "$need_gb" -gt 2 ] && [ "$free_gb" -ge 2 ]; then
+    echo "!! only ${free_gb} GB free, $TORCH_SPEC needs ~${need_gb} GB: installing torch==2.13.0 (CPU build)."
+    echo "!! THE CUDA KERNELS ARE NOT COMPILED IN THIS RUN; the CPU tests run as usual."
+    TORCH_SPEC=torch==2.13.0
+    export INTERPGAN_FORCE_CUDA=0
+    return 0
+  fi
+  echo "error: only ${free_gb} GB free where $VENV lives; installing $TORCH_SPEC needs about ${need_gb} GB." >&2
+  echo "       Free some space, set INTERPGAN_VENV to a roomier place, or use INTERPGAN_TORCH=torch==2.13.0 (CPU build, ~2 GB)." >&2
+  exit 1
+}
+
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "== creating $VENV"
@@ -18,6 +38,7 @@ setup() {
   fi
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"
+  if ! python -c "import torch" 2>/dev/null; then check_disk; fi
   echo "== installing $TORCH_SPEC and the Python dependencies"
   python -m pip install -q "$TORCH_SPEC" ninja numpy tqdm pillow scipy scikit-learn scikit-image pytest setuptools wheel
   # torchvision (Inception-v3 for FID) must match torch: the default torch has its wheel on local disk
