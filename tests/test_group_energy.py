@@ -77,14 +77,18 @@ def test_backward_matches_float64_reference(shape, dtype, device, seeded):
     assert rel_err(dW, rW) < tol(dtype)
 
 
+@pytest.mark.parametrize("energy", [group_energy, group_energy_reference], ids=["op", "reference"])
 @pytest.mark.parametrize("B, M, K", [(0, 5, 7), (4, 0, 7), (4, 5, 0), (0, 300, 40)])
-def test_zero_sized_dimensions(B, M, K, device):
+def test_zero_sized_dimensions(B, M, K, device, energy):
     # The kernels allocate their outputs uninitialised and write every element; with nothing to write, dW
-    # must still be zeros (no samples contribute to it), and g is 0 (an empty sum).
+    # must still be zeros (no samples contribute to it), and g is 0 (an empty sum). The reference (the
+    # fallback backend) must give the same, [B, M, H, W] input included.
     f = torch.randn(B, M, K, device=device, requires_grad=True)
     W = torch.randn(M, 3, K, device=device, requires_grad=True)
     groups = torch.randint(0, 3, (M,), device=device)
-    g = group_energy(f, W, groups)
+    g4 = energy(f.detach().reshape(B, M, 1, K), W.detach(), groups)
+    assert g4.shape == (B,) and torch.equal(g4, torch.zeros_like(g4))
+    g = energy(f, W, groups)
     assert g.shape == (B,) and torch.equal(g, torch.zeros_like(g))
     df, dW = torch.autograd.grad(g.sum(), (f, W), allow_unused=True)
     assert df.shape == f.shape and dW.shape == W.shape

@@ -80,7 +80,7 @@ def _group_energy_math(f, W, groups):
         check_partition(groups, W.shape[1])
     compute = W.dtype if f.dtype in _LOW_PRECISION else f.dtype
     B, M = f.shape[:2]
-    fk = f.reshape(B, M, -1).to(compute)
+    fk = f.reshape(B, M, W.shape[2]).to(compute)  # K from W: with B or M = 0, a -1 here would be ambiguous
     fbar = group_means(fk, groups, W.shape[1])
     S = torch.einsum("jck,bjk->bck", W.to(compute), fk)
     return (S * fbar).sum(dim=(1, 2)).to(W.dtype)
