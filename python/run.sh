@@ -15,11 +15,12 @@ TORCH_SPEC=${INTERPGAN_TORCH:-torch==2.14.1}
 # the CPU build ~1.5 GB. Fail before pip does, with what to do instead of pip's "[Errno 28]".
 # INTERPGAN_LOW_DISK_FALLBACK=1 (set by .ci/run) takes the CPU build instead, without the CUDA kernels.
 check_disk() {
-  local need_gb=2 free_gb
-  if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then need_gb=9; fi
+  local cpu_gb=2 cuda_gb=9 need_gb free_gb
+  need_gb=$cpu_gb
+  if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then need_gb=$cuda_gb; fi
   free_gb=$(df -Pk "$VENV" | awk 'NR==2 {print int($4 / 1048576)}')
   if [ "$free_gb" -ge "$need_gb" ]; then return 0; fi
-  if [ "${INTERPGAN_LOW_DISK_FALLBACK:-0}" = "1" ] && [ "$need_gb" -gt 2 ] && [ "$free_gb" -ge 2 ]; then
+  if [ "${INTERPGAN_LOW_DISK_FALLBACK:-0}" = "1" ] && [ "$need_gb" = "$cuda_gb" ] && [ "$free_gb" -ge "$cpu_gb" ]; then
     echo "!! only ${free_gb} GB free, $TORCH_SPEC needs ~${need_gb} GB: installing torch==2.13.0 (CPU build)."
     echo "!! THE CUDA KERNELS ARE NOT COMPILED IN THIS RUN; the CPU tests run as usual."
     TORCH_SPEC=torch==2.13.0
@@ -27,7 +28,7 @@ check_disk() {
     return 0
   fi
   echo "error: only ${free_gb} GB free where $VENV lives; installing $TORCH_SPEC needs about ${need_gb} GB." >&2
-  echo "       Free some space, set INTERPGAN_VENV to a roomier place, or use INTERPGAN_TORCH=torch==2.13.0 (CPU build, ~2 GB)." >&2
+  echo "       Free some space, set INTERPGAN_VENV to a roomier place, or use INTERPGAN_TORCH=torch==2.13.0 (CPU build, ~${cpu_gb} GB)." >&2
   exit 1
 }
 
