@@ -160,18 +160,22 @@ def sample_real(data, n: int, gen: torch.Generator, device="cpu") -> torch.Tenso
 
 @dataclass
 class _Timer:
+    """Wall seconds of each named part of a step, summed in `totals`; on CUDA it synchronises around a part, so
+    that the time is the part's own and not the queue's."""
     device: torch.device
     totals: dict = field(default_factory=dict)
 
     @contextmanager
     def __call__(self, name):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+        # The range is named in torch.profiler traces too (python/bench_train.py --trace), as interpgan::NAME.
+        with torch.profiler.record_function(f"interpgan::{name}"):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            yield
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
 
 
 class Trainer:

@@ -120,6 +120,43 @@ def bar_chart(values, labels, path: str, title: str = "", colours=None, width: i
     return path
 
 
+def stacked_bar_chart(rows, labels, parts, path: str, title: str = "", unit: str = "", width: int = 680,
+                      bar_h: int = 22, label_width: int = 170) -> str:
+    """A horizontal stacked bar chart PNG: one bar per row (a list of values, one per part), its label on the left,
+    its total on the right, and a legend of the parts' colours below."""
+    from PIL import ImageDraw
+
+    rows = [[max(0.0, float(v)) for v in r] for r in rows]
+    if any(len(r) != len(parts) for r in rows):
+        raise ValueError(f"stacked_bar_chart: every row needs one value per part ({len(parts)})")
+    top = 24 if title else 6
+    legend_y = top + bar_h * len(rows) + 8
+    H = legend_y + 16 * ((len(parts) + 3) // 4) + 6
+    canvas = Image.new("RGB", (width, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 6), title, fill="black")
+    left, right = label_width, width - 90
+    vmax = max([sum(r) for r in rows] + [1e-12])
+    cols = [tuple(int(255 * x) for x in c) for c in palette(len(parts))]
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        y, x = top + i * bar_h, float(left)
+        draw.text((6, y + 5), str(lab)[: label_width // 6 - 1], fill="black")
+        for v, c in zip(r, cols):
+            x1 = x + (right - left) * v / vmax
+            if x1 - x >= 0.5:
+                draw.rectangle([int(x), y + 2, int(x1), y + bar_h - 3], fill=c)
+            x = x1
+        draw.text((right + 6, y + 5), f"{sum(r):.4g} {unit}".strip(), fill="black")
+    for j, (name, c) in enumerate(zip(parts, cols)):
+        x, y = 6 + (j % 4) * (width // 4), legend_y + 16 * (j // 4)
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=c)
+        draw.text((x + 14, y + 1), str(name)[:24], fill="black")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 # -- figures of a trained run -----------------------------------------------------------------------------------
 def swap_figure(res, path: str, scale: int = 2) -> str:
     """One row per pair: original A, original B, edited A (A with B's concept), |edited A - A|."""

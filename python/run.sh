@@ -3,6 +3,7 @@
 #   bash python/run.sh train [interpgan train options]   the main job: train on the embedded SynthFaces
 #   bash python/run.sh test                              the test suite (pytest, then the C++ ctest)
 #   bash python/run.sh bench                             op benchmarks (python/bench_ops.py)
+#   bash python/run.sh bench-train                       training throughput and its profile (python/bench_train.py)
 #   bash python/run.sh setup                             only the set-up
 # Environment: INTERPGAN_VENV (default .venv), INTERPGAN_TORCH (default torch==2.14.1, the CUDA build;
 # torch==2.13.0 is the CPU build; torchvision==0.29.1 comes with the default), MAX_JOBS, TORCH_CUDA_ARCH_LIST, INTERPGAN_SKIP_CUDA=1.
@@ -77,5 +78,6 @@ case "$cmd" in
     ctest_cpu
     ;;
   bench) setup; python python/bench_ops.py "$@" ;;
-  *) echo "usage: bash python/run.sh setup|train|test|bench [args]" >&2; exit 2 ;;
+  bench-train) setup; python python/bench_train.py "$@" ;;
+  *) echo "usage: bash python/run.sh setup|train|test|bench|bench-train [args]" >&2; exit 2 ;;
 esac
