@@ -23,7 +23,7 @@ def _init_distributed():
 def _train(args):
     from .data import build_dataset
     from .models import build
-    from .trainer import TrainConfig, Trainer
+    from .trainer import TrainConfig, Trainer, TrainingInterrupted
 
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
@@ -56,7 +56,13 @@ def _train(args):
     print(f"training {kind} {arch} at {size}px on {data_name} ({len(data)} images), target layer {layer!r} "
           f"[{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
           f"ops backend: {_backend.backend_name(trainer.device)}")
-    logs = trainer.fit(progress=not args.no_progress)
+    try:
+        logs = trainer.fit(progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        if trainer.is_main:
+            print(f"interrupted by {stop.signal_name} after step {stop.step}; checkpoint saved: {stop.checkpoint}. "
+                  f"Continue with: interpgan train --out {args.out} --resume", file=sys.stderr)
+        sys.exit(143 if stop.signal_name == "SIGTERM" else 130)  # the shell's codes for these signals
     print(f"done: {args.out} (samples/, log.jsonl, checkpoint.pt). Last: "
           + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float)))
 
@@ -172,7 +178,12 @@ def _report(args):
 
 
 def main(argv=None):
+    from . import __version__
+
     ap = argparse.ArgumentParser(prog="interpgan", description="Interpretable GANs (Li et al., AAAI 2022)")
+    cuda_kernels = "yes" if _backend.has_cuda_kernels() else "no"
+    ap.add_argument("--version", action="version", version=f"interpgan_ext {__version__} (torch {torch.__version__}, "
+                    f"ops: {_backend.backend_name('cpu')}, CUDA kernels: {cuda_kernels})")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="which backend runs the ops, and how the extension was built")
 

@@ -10,9 +10,18 @@ from typing import Optional
 
 from .edit import swap_concept
 from .runs import Run, partition_of
-from .viz import swap_figure, visualize_run
+from .viz import stacked_bar_chart, swap_figure, visualize_run
 
 CURVES = ["loss_D", "loss_G_gan", "L_cd", "L_interp", "L_gmm", "energy", "images_per_s"]
+STEP_PARTS = ["D", "GMM", "Langevin", "W", "G"]  # the trainer's timed parts of a step
+
+
+def time_split(rows) -> Optional[dict]:
+    """Mean milliseconds per training step of each part, over a run's log rows; None when the log has no timings."""
+    timed = [r["time"] for r in rows if isinstance(r.get("time"), dict)]
+    if not timed:
+        return None
+    return {p: 1e3 * sum(t.get(p, 0.0) for t in timed) / len(timed) for p in STEP_PARTS}
 
 
 def embed_image(data: bytes) -> str:
@@ -164,6 +173,14 @@ def write_report(run: Run, baseline: Optional[Run] = None, out_dir: Optional[str
         if series:
             charts.append(svg_chart(series, key))
     body.append("<h2>Training curves</h2><div class=\"row\">" + "".join(charts) + "</div>")
+    splits = {name: time_split(rows) for name, rows in logs.items()}
+    splits = {name: split for name, split in splits.items() if split}
+    if splits:
+        chart = stacked_bar_chart([[split[p] for p in STEP_PARTS] for split in splits.values()], list(splits),
+                                  STEP_PARTS, os.path.join(out_dir, "time_split.png"), unit="ms",
+                                  title="ms per training step, by part (mean over the logged steps)")
+        body.append("<h2>Where a training step's time goes</h2>" + _img(chart) + "<p>To measure it apart from a "
+                    "run, with profiler traces: <code>python python/bench_train.py</code>.</p>")
     body.append(_run_section(run, metrics, os.path.join(out_dir, run.name)))
     if baseline:
         body.append(_run_section(baseline, base_metrics, os.path.join(out_dir, baseline.name)))

@@ -1,6 +1,7 @@
 """A trained run directory (written by `interpgan train` / `Trainer`), loaded for editing, metrics and reports."""
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,8 +54,18 @@ class Run:
         path = os.path.join(self.path, "log.jsonl")
         if not os.path.exists(path):
             return []
+        rows, torn = [], 0
         with open(path) as fh:
-            return [json.loads(line) for line in fh if line.strip()]
+            for line in fh:
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:  # a line cut short by a crash
+                        torn += 1
+        if torn:
+            warnings.warn(f"{path}: skipped {torn} unreadable line(s), as a crash while writing leaves", RuntimeWarning,
+                          stacklevel=2)
+        return rows
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import SynthFaces
 from .energy import EnergyModel
+from ._interrupt import StopRequests
 from ._progress import progress_bar
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
@@ -108,6 +109,16 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """fit() stopped on SIGINT or SIGTERM at the end of a step, after saving a checkpoint of that step."""
+
+    def __init__(self, step: int, signal_name: str, checkpoint: str):
+        super().__init__(f"{signal_name}: training stopped after step {step}; the checkpoint {checkpoint} holds that "
+                         "step, and resuming from it (`interpgan train --out RUN --resume`, or "
+                         "Trainer.load_checkpoint() then fit()) continues as if uninterrupted.")
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
 
 
 @contextmanager
@@ -402,7 +413,31 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.is_main:
+            self._drop_log_rows_after(self.step)
         return state
+
+    def _drop_log_rows_after(self, step: int):
+        """A run that crashed after logging steps past its last checkpoint would log them again when resumed. Keep
+        the rows up to the checkpoint's step (and drop a line torn by the crash), so log.jsonl has each step once."""
+        path = os.path.join(self.out_dir, "log.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as fh:
+            lines = fh.readlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        if keep != lines:
+            tmp = f"{path}.tmp.{os.getpid()}"
+            with open(tmp, "w") as fh:
+                fh.writelines(keep)
+            os.replace(tmp, path)
 
     # -- the loop --------------------------------------------------------------------------------------
     def save_samples(self, name=None) -> float:
@@ -428,39 +463,65 @@ class Trainer:
                           f"lambda2, or resume from an earlier checkpoint.", RuntimeWarning, stacklevel=2)
         return d
 
+    def _stop_agreed(self, stop: StopRequests) -> bool:
+        """Whether to stop after this step. Distributed, the ranks agree (any rank's request stops all of them at
+        the same step), so none is left waiting in a collective."""
+        if not self.distributed:
+            return stop.requested
+        flag = torch.tensor([float(stop.requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return flag.item() > 0
+
     def fit(self, steps: Optional[int] = None, progress: bool = True):
-        """Train until `steps` (default: config.steps) total steps are done; returns the last logs."""
+        """Train until `steps` (default: config.steps) total steps are done; returns the last logs.
+
+        Ctrl-C or SIGTERM stops it at the end of the current step: the checkpoint is saved there and
+        TrainingInterrupted (a KeyboardInterrupt) is raised. A second Ctrl-C stops at once, without saving."""
         total = steps or self.cfg.steps
         main = self.is_main
         writer = _tensorboard(self.out_dir) if main else None
         bar = progress_bar(total, "train", progress and main, initial=self.step)
-        logs, t0, n_images = {}, time.perf_counter(), 0
+        logs, t0, n_images, part_seconds = {}, time.perf_counter(), 0, {}
         log_path = os.path.join(self.out_dir, "log.jsonl") if main else os.devnull
-        with open(log_path, "a") as log_file:
-            while self.step < total:
-                logs = self.train_step()
-                self.step += 1
-                n_images += self.cfg.batch_size * self.world
-                if main and (self.step % self.cfg.image_every == 0 or self.step == total):
-                    logs["sample_diversity"] = self.save_samples()
-                if self.step % self.cfg.log_every == 0 or self.step == total:
-                    elapsed = time.perf_counter() - t0
-                    logs.update(step=self.step, images_per_s=n_images / max(elapsed, 1e-9))
-                    log_file.write(json.dumps(logs) + "\n")
-                    log_file.flush()
-                    if writer is not None:
-                        for k, v in logs.items():
-                            if isinstance(v, float):
-                                writer.add_scalar(k, v, self.step)
-                    t0, n_images = time.perf_counter(), 0
-                if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
-                    self.save_checkpoint()
-                bar.update(1)
-                bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
-                                 if k in logs})
-        bar.close()
-        if writer is not None:
-            writer.close()
+        try:
+            with open(log_path, "a") as log_file, StopRequests() as stop:
+                while self.step < total:
+                    logs = self.train_step()
+                    self.step += 1
+                    n_images += self.cfg.batch_size * self.world
+                    for part, seconds in logs["time"].items():
+                        part_seconds[part] = part_seconds.get(part, 0.0) + seconds
+                    if main and (self.step % self.cfg.image_every == 0 or self.step == total):
+                        logs["sample_diversity"] = self.save_samples()
+                    if self.step % self.cfg.log_every == 0 or self.step == total:
+                        elapsed = time.perf_counter() - t0
+                        n_steps = n_images // (self.cfg.batch_size * self.world)
+                        # each part's mean seconds per step since the last row (so the rare GMM refit is counted)
+                        logs["time"] = {part: v / n_steps for part, v in part_seconds.items()}
+                        logs.update(step=self.step, images_per_s=n_images / max(elapsed, 1e-9))
+                        log_file.write(json.dumps(logs) + "\n")
+                        log_file.flush()
+                        if writer is not None:
+                            for k, v in logs.items():
+                                if isinstance(v, float):
+                                    writer.add_scalar(k, v, self.step)
+                        t0, n_images, part_seconds = time.perf_counter(), 0, {}
+                    if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
+                        self.save_checkpoint()
+                    bar.update(1)
+                    bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
+                                     if k in logs})
+                    if self._stop_agreed(stop) and self.step < total:
+                        if main:
+                            self.save_checkpoint()
+                        if self.distributed:
+                            dist.barrier()  # no rank exits while rank 0 is still writing
+                        raise TrainingInterrupted(self.step, stop.signal_name or "a stop on another rank",
+                                                  self.checkpoint_path)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
         return logs
 
 

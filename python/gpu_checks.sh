@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build the extension there, run the CUDA tests, compute-sanitizer, the benchmark.
+# One call on a GPU machine: build the extension there, run the CUDA tests, compute-sanitizer, the op benchmark,
+# and the training-throughput benchmark.
 # Writes logs and JSON under ${OUT:-bench/results/gpu}.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu}
@@ -16,3 +17,8 @@ for tool in memcheck racecheck; do
 done
 python3 python/profile_ops.py > "$OUT/profile_ops.txt" 2>&1; head -30 "$OUT/profile_ops.txt"
 python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/bench_ops.log" | tail -12
+# Training throughput at the GPU job's size (64 px, width 64, batch 64). The profiler's top-op tables are kept; its
+# chrome traces (tens of MB) stay in /tmp/train_trace.
+python3 python/bench_train.py --device cuda --size 64 --width 64 --batch-size 64 --no-progress \
+    --out "$OUT/train_cuda_64px.json" --trace /tmp/train_trace 2>&1 | tee "$OUT/bench_train.log" | tail -12
+cp /tmp/train_trace/profile_*.txt "$OUT/" 2>/dev/null

@@ -74,6 +74,16 @@ def test_visualize_eval_report(runs):
     page = open(os.path.join(interp, "report", "report.html")).read()
     assert "<svg" in page and "data:image/png;base64," in page and "mean group-part IoU" in page
     assert "interpgan compare" in page
+    assert "Where a training step's time goes" in page and os.path.exists(os.path.join(interp, "report", "time_split.png"))
+
+
+def test_time_split_averages_the_logged_parts():
+    from interpgan_ext.report import time_split
+
+    rows = [{"step": 5, "time": {"D": 0.010, "GMM": 0.004, "Langevin": 0.020, "W": 0.002, "G": 0.030}},
+            {"step": 10, "time": {"D": 0.030, "G": 0.050}}, {"step": 15}]  # parts missing: 0; no timings: skipped
+    assert time_split(rows) == pytest.approx({"D": 20.0, "GMM": 2.0, "Langevin": 10.0, "W": 1.0, "G": 40.0})
+    assert time_split([{"step": 5}]) is None
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

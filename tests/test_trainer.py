@@ -2,6 +2,11 @@
 import json
 import math
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -10,7 +15,7 @@ import torch
 from interpgan_ext.cli import main as cli_main
 from interpgan_ext.data import SynthFaces
 from interpgan_ext.models import build
-from interpgan_ext.trainer import TrainConfig, Trainer, TrainingDiverged
+from interpgan_ext.trainer import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted
 
 
 def make_trainer(out, steps=20, **cfg):
@@ -36,6 +41,10 @@ def test_smoke_run_writes_everything(tmp_path):
     assert sorted(os.listdir(tmp_path / "samples")) == ["step_000010.png", "step_000020.png"]
     rows = read_log(tmp_path)
     assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(r["images_per_s"] > 0 for r in rows)
+    for r in rows:  # each part's mean seconds per step over the row's 5 steps, one of which refits the GMM
+        assert set(r["time"]) == {"D", "GMM", "Langevin", "W", "G"}
+        step_s = tr.cfg.batch_size / r["images_per_s"]
+        assert 0.3 * step_s < sum(r["time"].values()) < step_s
     assert tr.energy.W.min() >= 0 and tr.energy.W.max() <= tr.cfg.w_max  # projected
     assert tr.q.shape == (tr.n_filters,)
 
@@ -57,6 +66,31 @@ def test_resume_equals_uninterrupted(tmp_path):
     for pa, pb in zip(full.G.parameters(), resumed.G.parameters()):
         assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6)
     assert torch.equal(full.q, resumed.q)
+
+
+def test_resume_after_a_crash_logs_each_step_once(tmp_path):
+    from interpgan_ext.runs import load_run
+
+    tr = make_trainer(tmp_path)  # checkpoints at 10 and 20, log rows every 5 steps
+    real_step = tr.train_step
+
+    def crashing_step():
+        if tr.step == 17:
+            raise RuntimeError("power cut")
+        return real_step()
+
+    tr.train_step = crashing_step
+    with pytest.raises(RuntimeError, match="power cut"):
+        tr.fit(progress=False)
+    with open(tmp_path / "log.jsonl", "a") as fh:
+        fh.write('{"step": 18, "loss_D": 0.')  # a row the crash cut short
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable line"):
+        assert [r["step"] for r in load_run(str(tmp_path), device="cpu", G=tr.G).log()] == [5, 10, 15]
+    resumed = make_trainer(tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.step == 10 and [r["step"] for r in read_log(tmp_path)] == [5, 10]  # 15 is past the checkpoint
+    resumed.fit(progress=False)
+    assert [r["step"] for r in read_log(tmp_path)] == [5, 10, 15, 20]
 
 
 def test_baseline_has_no_interpretability_terms(tmp_path):
@@ -100,21 +134,107 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
 
 
-def test_ddp_two_gloo_processes(tmp_path):
-    """torchrun, 2 CPU processes: G, W and q stay identical across ranks; only rank 0 writes the run."""
-    import subprocess
-    import sys
+def test_cli_version_names_the_package_torch_and_the_ops(capsys):
+    import interpgan_ext
 
+    with pytest.raises(SystemExit) as info:
+        cli_main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"interpgan_ext {interpgan_ext.__version__}" in out and torch.__version__ in out
+    assert interpgan_ext.info()["backend_cpu"] in out
+
+
+def run_ddp_worker(out, *args):
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
-                        str(tmp_path)], capture_output=True, text=True, timeout=300,
+                        str(out), *args], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    """torchrun, 2 CPU processes: G, W and q stay identical across ranks; only rank 0 writes the run."""
+    a, b = run_ddp_worker(tmp_path)
     assert torch.equal(a["G"], b["G"]) and torch.equal(a["W"], b["W"]) and torch.equal(a["q"], b["q"])
     assert os.path.exists(tmp_path / "checkpoint.pt") and os.path.exists(tmp_path / "log.jsonl")
     rows = read_log(tmp_path)
     assert rows[-1]["step"] == 6 and len(rows) == 3  # rank 0 alone logs
+    assert a["stopped_at"] is None and b["stopped_at"] is None
+
+
+def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(tmp_path):
+    a, b = run_ddp_worker(tmp_path, "sigterm-rank1")  # a hang here would time out instead
+    assert a["stopped_at"] == b["stopped_at"] == 3
+    assert torch.equal(a["G"], b["G"])
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3  # written by rank 0
+
+
+def interrupt_at(trainer, step, times=1, sig=signal.SIGINT):
+    """Sends `sig` to this process `times` times in the middle of step `step`, as a Ctrl-C during training would."""
+    real_step = trainer.train_step
+
+    def train_step():
+        if trainer.step == step:
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+        return real_step()
+
+    trainer.train_step = train_step
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_resume_equals_uninterrupted(tmp_path):
+    handler_before = signal.getsignal(signal.SIGINT)
+    full = make_trainer(tmp_path / "full")
+    full.fit(progress=False)
+    cut = make_trainer(tmp_path / "cut")
+    interrupt_at(cut, 7)
+    with pytest.raises(TrainingInterrupted, match="after step 8") as info:
+        cut.fit(progress=False)
+    assert info.value.step == 8 and info.value.signal_name == "SIGINT"
+    assert signal.getsignal(signal.SIGINT) is handler_before  # fit put the handlers back
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 8
+    resumed = make_trainer(tmp_path / "cut")
+    resumed.load_checkpoint()
+    resumed.fit(progress=False)
+    for pa, pb in zip(full.G.parameters(), resumed.G.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(full.energy.W, resumed.energy.W, rtol=1e-4, atol=1e-6) and torch.equal(full.q, resumed.q)
+    assert [r["step"] for r in read_log(tmp_path / "cut")] == [5, 10, 15, 20]
+
+
+def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    tr = make_trainer(tmp_path)  # the first periodic checkpoint would be at step 10
+    interrupt_at(tr, 3, times=2)
+    with pytest.raises(KeyboardInterrupt) as info:
+        tr.fit(progress=False)
+    assert type(info.value) is KeyboardInterrupt  # not TrainingInterrupted: nothing was saved
+    assert tr.step == 3 and not os.path.exists(tmp_path / "checkpoint.pt")
+
+
+def test_cli_sigterm_saves_exits_143_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "interpgan_ext", "train", "--size", "16", "--width", "8", "--steps", "100000",
+           "--out", str(out), "--batch-size", "4", "--n-groups", "2", "--n-images", "32", "--gmm-every", "50",
+           "--langevin-steps", "1", "--no-progress", "--device", "cpu"]
+    root = os.path.join(os.path.dirname(__file__), "..")
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = out / "log.jsonl", time.time() + 240
+    while not (log.exists() and log.stat().st_size > 0):  # the first log row: step 10
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "no log row within 240 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-3000:]
+    m = re.search(r"interrupted by SIGTERM after step (\d+); checkpoint saved: (\S+)\. Continue with: "
+                  r"interpgan train --out \S+ --resume", err)
+    assert m, err[-3000:]
+    step = int(m.group(1))
+    assert step >= 10 and torch.load(out / "checkpoint.pt", weights_only=False)["step"] == step
+    cli_main(["train", "--out", str(out), "--resume", "--steps", str(step + 2), "--no-progress"])
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == step + 2
 
 
 def test_ema_warms_up_towards_g(tmp_path):
