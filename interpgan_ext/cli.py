@@ -43,7 +43,7 @@ def _train(args):
         cfg = TrainConfig(**overrides)
         arch, size, width, data_name = args.arch, args.size, args.width, args.data
     _init_distributed()
-    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed)
+    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=not args.no_progress)
     torch.manual_seed(cfg.seed)
     G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
     layer = args.layer or G.default_layer

@@ -66,7 +66,7 @@ def run_variant(args, interpretable: bool, trace_dir=None):
     cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, n_groups=args.n_groups,
                       lambda0=1.0 if interpretable else 0.0, langevin_steps=args.langevin_steps,
                       gmm_every=10**9, gmm_images=args.gmm_images, amp=args.amp, device=args.device, seed=0)
-    data = build_dataset(args.data, args.size, n=2000, seed=0)
+    data = build_dataset(args.data, args.size, n=2000, seed=0, progress=False)
     torch.manual_seed(0)
     G, D = build(args.arch, args.size, z_dim=cfg.z_dim, width=args.width)
     with tempfile.TemporaryDirectory() as tmp:

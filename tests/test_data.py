@@ -62,6 +62,25 @@ def test_image_folder_reads_and_skips_corrupt(tmp_path):
     assert ds[0].shape == (3, 16, 16) and ds[0].min() >= -1 and ds[0].max() <= 1
 
 
+def test_image_folder_threads_keep_file_order_across_chunks_and_failures(tmp_path, monkeypatch):
+    # Solid colours, so each item says which file it came from; unreadable files sit inside and between chunks.
+    colours = [(10 * i, 255 - 20 * i, 7 * i) for i in range(9)]
+    for i, c in enumerate(colours):
+        Image.new("RGB" if i % 3 else "RGBA", (30 + i, 24), c).save(tmp_path / f"f{i}.png")
+    for name in ("f2b.jpg", "f5b.png"):
+        (tmp_path / name).write_bytes(b"truncated")
+    monkeypatch.setattr(ImageFolder, "CHUNK", 2)
+    with pytest.warns(RuntimeWarning, match=r"skipped 2 unreadable file\(s\).*f2b.jpg.*f5b.png"):
+        threaded = ImageFolder(str(tmp_path), size=8, workers=4)
+    with pytest.warns(RuntimeWarning):
+        serial = ImageFolder(str(tmp_path), size=8, workers=1)
+    assert torch.equal(threaded.images, serial.images) and threaded.images.dtype == torch.uint8
+    assert len(threaded) == 9 and threaded.n_skipped == 2
+    for i, c in enumerate(colours):
+        assert threaded.images[i, :, 4, 4].tolist() == list(c)
+    assert torch.allclose(threaded[3][:, 0, 0], torch.tensor(colours[3]) / 127.5 - 1)
+
+
 def test_image_folder_empty_and_missing(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         ImageFolder(str(tmp_path))

@@ -1,33 +1,52 @@
 """Real images: any folder of JPG/PNG files, and scikit-image's bundled LFW faces."""
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .._progress import progress_bar
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _to_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """Centre crop to a square, resize to size x size, scale to [-1, 1]: [3, size, size]."""
+def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
+    """Centre crop to a square and resize to size x size: uint8 [3, size, size]."""
     img = img.convert("RGB")
     w, h = img.size
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
     img = img.resize((size, size), Image.BICUBIC)
-    arr = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
-    return arr / 127.5 - 1
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _decode_into(out: torch.Tensor, files, start: int, size: int) -> list:
+    """Decode files into out[start:start + len(files)]; returns the (row, reason) of each file that failed."""
+    failed = []
+    for row, fn in enumerate(files, start):
+        try:
+            with Image.open(fn) as im:
+                out[row] = _to_uint8(im, size)
+        except Exception as exc:  # truncated, corrupt, or not really an image
+            failed.append((row, f"{os.path.basename(fn)} ({type(exc).__name__})"))
+    return failed
 
 
 class ImageFolder(torch.utils.data.Dataset):
     """All images under `path` (recursively), centre-cropped and resized; items are [3, size, size] in [-1, 1].
 
     Files that cannot be decoded are skipped with one warning that counts them (`n_skipped`); an empty
-    folder, or one with no readable image, is an error. Images are decoded once and kept in memory as uint8.
+    folder, or one with no readable image, is an error. Images are decoded once, by `workers` threads (Pillow
+    decodes and resizes outside the GIL) with a progress bar, and kept in memory as uint8: CelebA's 200k images
+    take 2.5 GB at 64 px.
     """
 
-    def __init__(self, path: str, size: int = 64, max_images: int = None):
+    CHUNK = 256  # files per task: fewer, larger tasks than one per file keep the pool's overhead small
+
+    def __init__(self, path: str, size: int = 64, max_images: int = None, workers: int = None,
+                 progress: bool = True):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"ImageFolder: no such folder: {path}")
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
@@ -36,21 +55,30 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"ImageFolder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}")
         if max_images:
             files = files[:max_images]
-        images, skipped = [], []
-        for fn in files:
-            try:
-                with Image.open(fn) as im:
-                    images.append(((_to_tensor(im, size) + 1) * 127.5).round().to(torch.uint8))
-            except Exception as exc:  # truncated, corrupt, or not really an image
-                skipped.append(f"{os.path.basename(fn)} ({type(exc).__name__})")
-        self.n_skipped = len(skipped)
-        if skipped:
-            warnings.warn(f"ImageFolder: skipped {len(skipped)} unreadable file(s) under {path}: "
-                          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), RuntimeWarning,
-                          stacklevel=2)
-        if not images:
+        images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+        workers = workers or min(8, os.cpu_count() or 1)
+        starts = range(0, len(files), self.CHUNK)
+        failed = []
+        bar = progress_bar(len(files), f"decoding {path}", progress and len(files) > self.CHUNK, unit="img",
+                           leave=False)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            tasks = {pool.submit(_decode_into, images, files[i:i + self.CHUNK], i, size): i for i in starts}
+            for task in as_completed(tasks):
+                failed += task.result()
+                bar.update(min(self.CHUNK, len(files) - tasks[task]))
+        bar.close()
+        self.n_skipped = len(failed)
+        if failed:
+            failed.sort()
+            warnings.warn(f"ImageFolder: skipped {len(failed)} unreadable file(s) under {path}: "
+                          + ", ".join(reason for _, reason in failed[:5]) + (" ..." if len(failed) > 5 else ""),
+                          RuntimeWarning, stacklevel=2)
+            keep = torch.ones(len(files), dtype=torch.bool)
+            keep[[row for row, _ in failed]] = False
+            images = images[keep]
+        if not len(images):
             raise ValueError(f"ImageFolder: none of the {len(files)} image files under {path} could be read")
-        self.images = torch.stack(images)
+        self.images = images
         self.size = size
 
     def __len__(self):

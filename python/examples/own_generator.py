@@ -61,7 +61,10 @@ def main():
     args = ap.parse_args()
 
     z_dim, size, layer = 64, 32, "body.1"
-    data = ImageFolder(args.images, size=size) if args.images else SynthFaces(size=size, n=5000, seed=0)
+    if args.images:
+        data = ImageFolder(args.images, size=size, progress=not args.no_progress)
+    else:
+        data = SynthFaces(size=size, n=5000, seed=0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, z_dim=z_dim, n_groups=args.groups,
                          gmm_every=min(100, args.steps), image_every=max(1, args.steps // 4),
                          ckpt_every=max(1, args.steps // 4))
