@@ -79,6 +79,9 @@ def test_image_folder_threads_keep_file_order_across_chunks_and_failures(tmp_pat
     for i, c in enumerate(colours):
         assert threaded.images[i, :, 4, 4].tolist() == list(c)
     assert torch.allclose(threaded[3][:, 0, 0], torch.tensor(colours[3]) / 127.5 - 1)
+    with pytest.warns(RuntimeWarning, match="skipped 1"):  # the first 4 files hold f2b.jpg
+        first = build_dataset(str(tmp_path), 8, max_images=4, progress=False)
+    assert torch.equal(first.images, threaded.images[:3])
 
 
 def test_image_folder_empty_and_missing(tmp_path):

@@ -119,7 +119,7 @@ def invert_cmd(run, args):
     from ..data import build_dataset
     from .inversion import invert, train_encoder
 
-    data = build_dataset(args.images, run.meta["size"], n=args.n, seed=args.seed + 5)
+    data = build_dataset(args.images, run.meta["size"], n=args.n, seed=args.seed + 5, max_images=args.n)
     x = torch.stack([data[i][0] if isinstance(data[i], (tuple, list)) else data[i] for i in range(min(args.n, len(data)))])
     x = x.to(run.device)
     E = train_encoder(run.G, run.z_dim, run.meta["size"], steps=args.encoder_steps, device=run.device,
