@@ -9,7 +9,7 @@ but any classifier of images would do.
 
 Data: a folder of JPG/PNG images (--images, e.g. CelebA's img_align_celeba), or the embedded SynthFaces.
 Output in --out: the training run (samples/, log.jsonl, checkpoint.pt) and swap_group<c>.png for every group c:
-each row is a pair A, B, A with B's group c, and where the image changed. The default 600 steps take ~5 minutes on
+each row is a pair A, B, A with B's group c, and where the image changed. The default 600 steps take ~7 minutes on
 2 CPU cores: enough for face-like images, far from a finished GAN (`interpgan train --steps` for longer runs).
 """
 import argparse
