@@ -52,20 +52,26 @@ class Run:
     def log(self) -> list:
         """The rows of log.jsonl (loss terms and throughput over steps)."""
         path = os.path.join(self.path, "log.jsonl")
-        if not os.path.exists(path):
-            return []
-        rows, torn = [], 0
+        rows, torn = read_log_rows(path)
+        if torn:
+            warnings.warn(f"{path}: skipped {torn} unreadable line(s), as a crash while writing leaves", RuntimeWarning,
+                          stacklevel=2)
+        return rows
+
+
+def read_log_rows(path: str):
+    """The rows of a log.jsonl (none if it does not exist), and how many lines were unreadable: a crash while
+    writing leaves the last line cut short."""
+    rows, n_torn = [], 0
+    if os.path.exists(path):
         with open(path) as fh:
             for line in fh:
                 if line.strip():
                     try:
                         rows.append(json.loads(line))
-                    except json.JSONDecodeError:  # a line cut short by a crash
-                        torn += 1
-        if torn:
-            warnings.warn(f"{path}: skipped {torn} unreadable line(s), as a crash while writing leaves", RuntimeWarning,
-                          stacklevel=2)
-        return rows
+                    except json.JSONDecodeError:
+                        n_torn += 1
+    return rows, n_torn
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -49,6 +49,7 @@ from ._interrupt import StopRequests
 from ._progress import progress_bar
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
+from .runs import read_log_rows
 from .sampler import FeatureExtractor, LangevinSampler
 from .viz import save_image_grid
 
@@ -141,12 +142,16 @@ def atomic_save(obj, path: str):
     os.replace(tmp, path)
 
 
-def atomic_write_json(obj, path: str):
-    """json.dump to a temporary file, then rename."""
+def atomic_write_text(text: str, path: str):
+    """Write text to a temporary file, then rename."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str):
+    atomic_write_text(json.dumps(obj, indent=1), path)
 
 
 def diversity(images: torch.Tensor) -> float:
@@ -421,23 +426,10 @@ class Trainer:
         """A run that crashed after logging steps past its last checkpoint would log them again when resumed. Keep
         the rows up to the checkpoint's step (and drop a line torn by the crash), so log.jsonl has each step once."""
         path = os.path.join(self.out_dir, "log.jsonl")
-        if not os.path.exists(path):
-            return
-        with open(path) as fh:
-            lines = fh.readlines()
-        keep = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("step", 0) <= step:
-                keep.append(line if line.endswith("\n") else line + "\n")
-        if keep != lines:
-            tmp = f"{path}.tmp.{os.getpid()}"
-            with open(tmp, "w") as fh:
-                fh.writelines(keep)
-            os.replace(tmp, path)
+        rows, n_torn = read_log_rows(path)
+        keep = [row for row in rows if row.get("step", 0) <= step]
+        if n_torn or len(keep) < len(rows):
+            atomic_write_text("".join(json.dumps(row) + "\n" for row in keep), path)
 
     # -- the loop --------------------------------------------------------------------------------------
     def save_samples(self, name=None) -> float:

@@ -32,13 +32,14 @@ import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+from interpgan_ext.report import STEP_PARTS  # noqa: E402
 
 VARIANTS = {  # name: (interpretable, environment of its process)
     "baseline": (False, {}),
     "fused": (True, {}),
     "reference": (True, {"INTERPGAN_BACKEND": "reference"}),
 }
-PARTS = ["D", "GMM", "Langevin", "W", "G", "data+other"]
+PARTS = STEP_PARTS + ["data+other"]  # the trainer's timed parts, and the rest of the step
 
 
 # ----------------------------------------------------------------------------- one variant, in its own process
@@ -161,7 +162,7 @@ def summarise(results, gmm_every):
     for v, reps in results.items():
         step_ms = statistics.median(1e3 * statistics.median(r["step_s"]) for r in reps)
         parts = {}
-        for p in ("D", "Langevin", "W", "G"):
+        for p in STEP_PARTS:  # the GMM refit is not in the timed steps: it is charged below
             parts[p] = statistics.median(1e3 * statistics.median(s.get(p, 0.0) for s in r["parts_s"]) for r in reps)
         refits = [1e3 * statistics.median(r["refit_s"]) for r in reps if r["refit_s"]]
         parts["GMM"] = statistics.median(refits) / gmm_every if refits else 0.0
