@@ -237,6 +237,32 @@ def test_backward_reads_grad_out_through_its_strides_and_dtype(device, seeded):
 
 
 @needs_ext
+def test_concurrent_calls_from_threads_equal_serial_ones(device, seeded):
+    # The CPU kernels keep packing buffers per calling thread and tile buffers per worker; torch.ops releases the
+    # GIL, so calls from several Python threads (a data-loading thread, a second model) really overlap. Shapes of
+    # different sizes make the buffers grow while other calls use theirs. Each result must equal the serial one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [make_inputs(*shape, device, dtype, gen=seeded)
+             for shape in [(12, 130, 10, 13, 5), (6, 33, 3, 5, 7), (16, 200, 8, 9, 11)]
+             for dtype in (torch.float32, torch.float64)]
+
+    def run(case):
+        f, W, groups = case
+        f, W = f.clone().requires_grad_(True), W.clone().requires_grad_(True)
+        g = group_energy(f, W, groups)
+        df, dW = torch.autograd.grad(g.sum(), (f, W))
+        return g.detach(), df, dW
+
+    serial = [run(case) for case in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            for got, expected in zip(pool.map(run, cases), serial):
+                for a, b in zip(got, expected):
+                    assert torch.equal(a, b)
+
+
+@needs_ext
 def test_backward_rejects_bad_grad_out():
     f, W, groups = torch.randn(4, 6, 9), torch.randn(6, 3, 9), torch.tensor([0, 1, 2, 0, 1, 2])
     with pytest.raises(TypeError, match="expected grad_out to be a floating-point tensor, but got dtype Long"):
