@@ -49,6 +49,9 @@ def _train(args):
     layer = args.layer or G.default_layer
     meta = {"arch": arch, "size": size, "width": width, "data": data_name}
     trainer = Trainer(G, D, layer, data, cfg, out_dir=args.out, extra_meta=meta)
+    if trainer.is_main and getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
+        how = "read from the cache" if data.from_cache else "decoded and cached"
+        print(f"data: {len(data)} images of {data_name}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
     if args.resume:
         trainer.load_checkpoint(ckpt)
         print(f"resuming {args.out} at step {trainer.step}")
@@ -156,7 +159,7 @@ def _eval(args):
         else:
             metrics["baseline"] = evaluate_run(base, extractor=extractor, **kw)
     path = os.path.join(args.run, "metrics.json")
-    from .trainer import atomic_write_json
+    from ._atomic import atomic_write_json
 
     atomic_write_json(metrics, path)
     rows = summary_rows(metrics, metrics.get("baseline"))

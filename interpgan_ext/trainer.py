@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ._atomic import atomic_save, atomic_write_json, atomic_write_text
 from .data import SynthFaces
 from .energy import EnergyModel
 from ._interrupt import StopRequests
@@ -133,25 +134,6 @@ def frozen_batchnorm_stats(model: nn.Module):
     finally:
         for m, mom in saved:
             m.momentum = mom
-
-
-def atomic_save(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: str):
-    """Write text to a temporary file, then rename."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str):
-    atomic_write_text(json.dumps(obj, indent=1), path)
 
 
 def diversity(images: torch.Tensor) -> float:
@@ -250,8 +232,7 @@ class Trainer:
                 "world_size": self.world, **(extra_meta or {})}
         if self.is_main:
             os.makedirs(out_dir, exist_ok=True)
-            with open(os.path.join(out_dir, "config.json"), "w") as fh:
-                json.dump({"config": asdict(cfg), **meta}, fh, indent=1)
+            atomic_write_json({"config": asdict(cfg), **meta}, os.path.join(out_dir, "config.json"))
         self.meta = meta
         self._data_diversity, self._warned_collapse = None, False
 

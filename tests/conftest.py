@@ -16,3 +16,11 @@ def device(request):
 def seeded():
     torch.manual_seed(1234)
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def image_cache(tmp_path_factory, monkeypatch):
+    """Each test decodes image folders into a cache of its own, never the user's ~/.cache (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("image-cache")
+    monkeypatch.setenv("INTERPGAN_CACHE", str(path))
+    return path

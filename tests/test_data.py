@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from interpgan_ext.data import ATTRIBUTES, PARTS, ImageFolder, LFWFaces, SynthFaces, build_dataset
+from interpgan_ext.data import ATTRIBUTES, PARTS, ImageFolder, LFWFaces, SynthFaces, build_dataset, image_folder
 
 
 def test_synth_faces_deterministic_and_in_range():
@@ -109,3 +109,75 @@ def test_synth_faces_render_on_gpu_matches_cpu():
     ig_, lg = ds.render(torch.arange(20), device="cuda")
     assert torch.allclose(ig_.cpu(), ic, atol=1e-4)
     assert (lg.cpu() != lc).float().mean() < 1e-3  # a pixel exactly at a part's half-coverage may flip
+
+
+def _folder_of_colours(root, n=5):
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (20 + i, 16), (40 * i, 10, 200 - 30 * i)).save(root / f"c{i}.png")
+    (root / "broken.jpg").write_bytes(b"not an image")
+
+
+def test_image_folder_cache_is_read_back_without_decoding(tmp_path, image_cache, monkeypatch):
+    _folder_of_colours(tmp_path)
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable.*broken.jpg"):
+        first = ImageFolder(str(tmp_path), size=8, progress=False)
+    assert not first.from_cache and os.path.dirname(first.cache_file) == str(image_cache)
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the folder is cached")
+
+    monkeypatch.setattr(image_folder, "_decode_into", no_decoding)
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable.*broken.jpg"):  # the cache remembers the skips
+        second = ImageFolder(str(tmp_path), size=8, progress=False)
+    assert second.from_cache and second.cache_file == first.cache_file and second.n_skipped == 1
+    assert torch.equal(second.images, first.images) and second.images.dtype == torch.uint8
+    assert torch.equal(second[2], first[2]) and torch.equal(second.render([0, 3])[0], first.render([0, 3])[0])
+
+
+def test_image_folder_cache_follows_the_files_and_the_size(tmp_path):
+    _folder_of_colours(tmp_path)
+    with pytest.warns(RuntimeWarning):
+        base = ImageFolder(str(tmp_path), size=8, progress=False)
+    keys = {base.cache_file}
+    Image.new("RGB", (20, 16), (1, 2, 3)).save(tmp_path / "c1.png")  # rewritten: other pixels
+    os.utime(tmp_path / "c1.png", ns=(1, 1))
+    (tmp_path / "c9.png").write_bytes((tmp_path / "c0.png").read_bytes())  # added
+    for kwargs in ({}, {"size": 12}, {"max_images": 3}):
+        with pytest.warns(RuntimeWarning):
+            ds = ImageFolder(str(tmp_path), **{"size": 8, "progress": False, **kwargs})
+        assert not ds.from_cache and ds.cache_file not in keys
+        keys.add(ds.cache_file)
+    with pytest.warns(RuntimeWarning):
+        changed = ImageFolder(str(tmp_path), size=8, progress=False)
+    assert changed.from_cache and len(changed) == len(base) + 1
+    assert changed.images[1, :, 0, 0].tolist() == [1, 2, 3] and base.images[1, :, 0, 0].tolist() == [40, 10, 170]
+
+
+@pytest.mark.filterwarnings("ignore:ImageFolder. skipped 1")
+def test_image_folder_damaged_or_unwritable_cache_falls_back_to_decoding(tmp_path, monkeypatch):
+    _folder_of_colours(tmp_path / "imgs")
+    folder = str(tmp_path / "imgs")
+    with pytest.warns(RuntimeWarning):
+        good = ImageFolder(folder, size=8, progress=False)
+    with open(good.cache_file, "r+b") as fh:  # a torn array: its header promises more than the file holds
+        fh.truncate(os.path.getsize(good.cache_file) // 2)
+    with pytest.warns(RuntimeWarning, match="damaged cache entry"):
+        again = ImageFolder(folder, size=8, progress=False)
+    assert not again.from_cache and torch.equal(again.images, good.images)
+    with pytest.warns(RuntimeWarning):
+        assert ImageFolder(folder, size=8, progress=False).from_cache  # the entry was rewritten whole
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.warns(RuntimeWarning, match="could not cache"):
+        uncached = ImageFolder(folder, size=8, progress=False, cache=str(tmp_path / "a_file" / "cache"))
+    assert uncached.cache_file is None and torch.equal(uncached.images, good.images)
+
+    monkeypatch.setenv("INTERPGAN_CACHE", "off")
+    with pytest.warns(RuntimeWarning):
+        off = ImageFolder(folder, size=8, progress=False)
+    assert off.cache_file is None and not off.from_cache
+    assert image_folder.default_cache_dir() is None
+    monkeypatch.delenv("INTERPGAN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert image_folder.default_cache_dir() == str(tmp_path / "xdg" / "interpgan_ext" / "images")

@@ -134,6 +134,22 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
 
 
+def test_cli_trains_on_a_folder_and_the_resume_reads_its_images_from_the_cache(tmp_path, capsys, image_cache):
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (24, 20), (30 * i, 100, 255 - 30 * i)).save(folder / f"{i}.png")
+    out = str(tmp_path / "run")
+    cli_main(["train", "--data", str(folder), "--size", "16", "--width", "8", "--out", out, "--batch-size", "4",
+              "--n-groups", "2", "--gmm-every", "2", "--langevin-steps", "1", "--device", "cpu", "--steps", "2",
+              "--no-progress"])
+    assert f"data: 8 images of {folder}, decoded and cached ({image_cache}" in capsys.readouterr().out
+    cli_main(["train", "--out", out, "--resume", "--steps", "3", "--no-progress"])
+    assert f"data: 8 images of {folder}, read from the cache ({image_cache}" in capsys.readouterr().out
+
+
 def test_cli_version_names_the_package_torch_and_the_ops(capsys):
     import interpgan_ext
 
@@ -263,3 +279,19 @@ def test_collapse_warning_when_samples_lose_diversity(tmp_path):
     tr.step = 0
     tr.fit(progress=False)  # logs the samples' diversity with the step that wrote them
     assert "sample_diversity" in read_log(tmp_path)[-1]
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    from interpgan_ext._atomic import atomic_path, atomic_save, atomic_write_json
+
+    path = str(tmp_path / "checkpoint.pt")
+    atomic_save({"step": 1}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(b"half a checkpo")
+            raise RuntimeError("disk full")
+    assert torch.load(path)["step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pt"]
+    atomic_write_json({"a": 1}, str(tmp_path / "config.json"))
+    with open(tmp_path / "config.json") as fh:
+        assert json.load(fh) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json"]

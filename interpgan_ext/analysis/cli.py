@@ -256,7 +256,7 @@ def compare_cmd(run, args):
 
     from ..metrics import load_or_train_segmenter
     from ..runs import load_run
-    from ..trainer import atomic_write_json
+    from .._atomic import atomic_write_json
     from ..viz import bar_chart
     from .attributes import load_or_train_attribute_classifier
     from .compare import compare_runs, comparison_rows
@@ -292,7 +292,7 @@ def dissect_cmd(run, args):
     from ..edit import deterministic, generate
     from ..metrics import evaluate_run, load_or_train_segmenter
     from ..report import _img, _table
-    from ..trainer import atomic_write_json
+    from .._atomic import atomic_write_json
     from ..viz import activation_overlay
     from .causal import artifact_units, rank_units_by_ace
 

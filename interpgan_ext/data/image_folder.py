@@ -1,4 +1,6 @@
 """Real images: any folder of JPG/PNG files, and scikit-image's bundled LFW faces."""
+import hashlib
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -7,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._atomic import atomic_path, atomic_write_json
 from .._progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -34,6 +37,28 @@ def _decode_into(out: torch.Tensor, files, start: int, size: int) -> list:
     return failed
 
 
+def default_cache_dir():
+    """Where decoded folders are kept: $INTERPGAN_CACHE, else ~/.cache/interpgan_ext/images (XDG_CACHE_HOME is
+    respected). INTERPGAN_CACHE=off turns the cache off."""
+    env = os.environ.get("INTERPGAN_CACHE", "").strip()
+    if env.lower() in ("off", "0", "none", "false"):
+        return None
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "interpgan_ext", "images")
+
+
+def _cache_key(path: str, size: int, files) -> str:
+    """Names the decoded array of exactly these files at this size: a file added, removed, rewritten or touched
+    gives another key, so a stale cache is never read."""
+    h = hashlib.sha256(f"interpgan-image-folder-v1|{os.path.realpath(path)}|{size}".encode())
+    for fn in files:
+        st = os.stat(fn)
+        h.update(f"|{os.path.relpath(fn, path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """All images under `path` (recursively), centre-cropped and resized; items are [3, size, size] in [-1, 1].
 
@@ -41,12 +66,17 @@ class ImageFolder(torch.utils.data.Dataset):
     folder, or one with no readable image, is an error. Images are decoded once, by `workers` threads (Pillow
     decodes and resizes outside the GIL) with a progress bar, and kept in memory as uint8: CelebA's 200k images
     take 2.5 GB at 64 px.
+
+    The decoded images are cached on disk (`cache`: a folder, default `default_cache_dir()`; False for none). The
+    next run on the same files and size, a resume, an evaluation, or every rank of a torchrun job, maps the cached
+    array instead of decoding again; the mapped pages are shared between processes. A change to any file (its
+    size or modification time) or to the list of files makes a new cache entry.
     """
 
     CHUNK = 256  # files per task: fewer, larger tasks than one per file keep the pool's overhead small
 
     def __init__(self, path: str, size: int = 64, max_images: int = None, workers: int = None,
-                 progress: bool = True):
+                 progress: bool = True, cache=True):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"ImageFolder: no such folder: {path}")
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
@@ -55,6 +85,24 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"ImageFolder: no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}")
         if max_images:
             files = files[:max_images]
+        self.size = size
+        cache_dir = default_cache_dir() if cache is True else (cache or None)
+        self.cache_file = None
+        if cache_dir:
+            self.cache_file = os.path.join(cache_dir, _cache_key(path, size, files) + ".npy")
+        self.from_cache = self.cache_file is not None and self._load_cache(path)
+        if not self.from_cache:
+            self._decode(path, files, size, workers, progress)
+            if self.cache_file and len(self.images):
+                self._save_cache(path)
+        if self.n_skipped:
+            warnings.warn(f"ImageFolder: skipped {self.n_skipped} unreadable file(s) under {path}: "
+                          + ", ".join(self.skipped[:5]) + (" ..." if self.n_skipped > 5 else ""),
+                          RuntimeWarning, stacklevel=2)
+        if not len(self.images):
+            raise ValueError(f"ImageFolder: none of the {len(files)} image files under {path} could be read")
+
+    def _decode(self, path, files, size, workers, progress):
         images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
         workers = workers or min(8, os.cpu_count() or 1)
         starts = range(0, len(files), self.CHUNK)
@@ -67,19 +115,47 @@ class ImageFolder(torch.utils.data.Dataset):
                 failed += task.result()
                 bar.update(min(self.CHUNK, len(files) - tasks[task]))
         bar.close()
-        self.n_skipped = len(failed)
+        failed.sort()
         if failed:
-            failed.sort()
-            warnings.warn(f"ImageFolder: skipped {len(failed)} unreadable file(s) under {path}: "
-                          + ", ".join(reason for _, reason in failed[:5]) + (" ..." if len(failed) > 5 else ""),
-                          RuntimeWarning, stacklevel=2)
             keep = torch.ones(len(files), dtype=torch.bool)
             keep[[row for row, _ in failed]] = False
             images = images[keep]
-        if not len(images):
-            raise ValueError(f"ImageFolder: none of the {len(files)} image files under {path} could be read")
         self.images = images
-        self.size = size
+        self.n_skipped = len(failed)
+        self.skipped = [reason for _, reason in failed]
+
+    def _load_cache(self, path) -> bool:
+        """Maps the cached array, if there is a complete one; False (and a warning, if it is damaged) otherwise."""
+        meta_file = self.cache_file[:-4] + ".json"
+        if not (os.path.exists(meta_file) and os.path.exists(self.cache_file)):
+            return False
+        try:
+            with open(meta_file) as fh:
+                meta = json.load(fh)
+            # copy-on-write mapping: a writable array (torch wants one), pages shared with other readers
+            images = np.load(self.cache_file, mmap_mode="c")
+            if images.shape != (meta["n_images"], 3, self.size, self.size) or images.dtype != np.uint8:
+                raise ValueError(f"shape {images.shape} {images.dtype}, expected {meta['n_images']} images")
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"ImageFolder: ignoring a damaged cache entry for {path} ({self.cache_file}: {exc}); "
+                          "decoding again", RuntimeWarning, stacklevel=3)
+            return False
+        self.images = torch.from_numpy(images)
+        self.n_skipped, self.skipped = len(meta["skipped"]), meta["skipped"]
+        return True
+
+    def _save_cache(self, path):
+        """Writes the array, then its metadata; a reader needs both, so a crash in between leaves no entry."""
+        try:
+            os.makedirs(os.path.dirname(self.cache_file), exist_ok=True)
+            with atomic_path(self.cache_file) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, self.images.numpy())
+            atomic_write_json({"path": os.path.realpath(path), "size": self.size, "n_images": len(self.images),
+                               "skipped": self.skipped}, self.cache_file[:-4] + ".json")
+        except OSError as exc:  # a read-only home, a full disk: the run goes on, uncached
+            warnings.warn(f"ImageFolder: could not cache the decoded images in {self.cache_file} ({exc}); "
+                          "set INTERPGAN_CACHE to a writable folder, or to off", RuntimeWarning, stacklevel=3)
+            self.cache_file = None
 
     def __len__(self):
         return len(self.images)
