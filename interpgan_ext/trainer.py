@@ -156,6 +156,31 @@ def sample_real(data, n: int, gen: torch.Generator, device="cpu") -> torch.Tenso
     return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
 
 
+def check_data(data, G: nn.Module, z_dim: int, device) -> None:
+    """Real images must look like G's: the same [C, S, S], floating, finite, in [-1, 1]. Checked on a few items
+    before training, since a mismatch otherwise fails deep inside D, or trains on garbage without an error."""
+    if len(data) == 0:
+        raise ValueError("Trainer: the dataset is empty")
+    with torch.no_grad(), frozen_batchnorm_stats(G):
+        fake_shape = tuple(G(torch.randn(2, z_dim, device=device)).shape[1:])
+    real = sample_real(data, min(8, len(data)), torch.Generator().manual_seed(0), device)
+    if not torch.is_floating_point(real):
+        raise TypeError(f"Trainer: dataset items must be floating images in [-1, 1], got {real.dtype} "
+                        "(for uint8 pixels, use x.float() / 127.5 - 1)")
+    if tuple(real.shape[1:]) != fake_shape:
+        raise ValueError(f"Trainer: dataset items are {list(real.shape[1:])} but G makes {list(fake_shape)} images; "
+                         "build the dataset at G's size (e.g. ImageFolder(path, size=...))")
+    if not torch.isfinite(real).all():
+        raise ValueError("Trainer: dataset items contain NaN or inf")
+    lo, hi = real.min().item(), real.max().item()
+    if lo < -1.01 or hi > 1.01:
+        raise ValueError(f"Trainer: dataset items must lie in [-1, 1], as generated images do, got values in [{lo:.3g}, {hi:.3g}]; "
+                         "scale pixels in [0, 1] with x * 2 - 1, in [0, 255] with x / 127.5 - 1")
+    if lo >= 0:
+        warnings.warn(f"Trainer: the dataset's values lie in [{lo:.3g}, {hi:.3g}], none below 0: images in [0, 1]? "
+                      "G's images are in [-1, 1]; scale with x * 2 - 1", RuntimeWarning, stacklevel=3)
+
+
 @dataclass
 class _Timer:
     """Wall seconds of each named part of a step, summed in `totals`; on CUDA it synchronises around a part, so
@@ -203,6 +228,7 @@ class Trainer:
         if probe.dim() != 4:
             raise ValueError(f"target layer {layer!r} must output [B, M, H, W] feature maps, got {list(probe.shape)}")
         self.n_filters, H, W = probe.shape[1:]
+        check_data(data, self.G, cfg.z_dim, self.device)
         if cfg.n_groups > self.n_filters:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)

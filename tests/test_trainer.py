@@ -100,6 +100,32 @@ def test_baseline_has_no_interpretability_terms(tmp_path):
     assert set(logs["time"]) == {"D", "G"}
 
 
+def test_trainer_checks_the_data_against_the_generator(tmp_path):
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    config = TrainConfig(z_dim=16, n_groups=3, device="cpu")
+
+    def trainer(images):
+        return Trainer(G, D, G.default_layer, list(images), config, out_dir=str(tmp_path))
+
+    good = torch.rand(4, 3, 16, 16) * 2 - 1
+    trainer(good)
+    with pytest.raises(ValueError, match=r"items are \[3, 32, 32\] but G makes \[3, 16, 16\]"):
+        trainer(torch.zeros(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"items are \[1, 16, 16\]"):
+        trainer(good[:, :1])
+    with pytest.raises(TypeError, match="floating images.*uint8"):
+        trainer(torch.zeros(4, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[-1, 1\].*\[0, 255\]"):
+        trainer(torch.rand(4, 3, 16, 16) * 255)
+    with pytest.raises(ValueError, match="NaN"):
+        trainer(torch.where(good > 0.9, float("nan"), good))
+    with pytest.raises(ValueError, match="empty"):
+        trainer([])
+    with pytest.warns(RuntimeWarning, match=r"images in \[0, 1\]\?"):
+        trainer(torch.rand(4, 3, 16, 16))
+
+
 def test_config_rejects_an_unknown_gmm_loss():
     with pytest.raises(ValueError, match="gmm_loss"):
         TrainConfig(gmm_loss="posteriors")
