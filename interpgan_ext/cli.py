@@ -192,7 +192,8 @@ def main(argv=None):
 
     tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--data", default="synth-faces", help="synth-faces | lfw | a folder of images")
+    tr.add_argument("--data", default="synth-faces",
+                    help="synth-faces | lfw | a folder of images (decoded once, then cached; INTERPGAN_CACHE=DIR|off)")
     tr.add_argument("--size", type=int, default=32, help="image size: 16, 32, 64 or 128")
     tr.add_argument("--arch", default="dcgan", help="generator family: dcgan | stylegan2")
     tr.add_argument("--width", type=int, default=32, help="base channel width of G and D")

@@ -174,8 +174,8 @@ def check_data(data, G: nn.Module, z_dim: int, device) -> None:
         raise ValueError("Trainer: dataset items contain NaN or inf")
     lo, hi = real.min().item(), real.max().item()
     if lo < -1.01 or hi > 1.01:
-        raise ValueError(f"Trainer: dataset items must lie in [-1, 1], as generated images do, got values in [{lo:.3g}, {hi:.3g}]; "
-                         "scale pixels in [0, 1] with x * 2 - 1, in [0, 255] with x / 127.5 - 1")
+        raise ValueError(f"Trainer: dataset items must lie in [-1, 1], as generated images do, got values in "
+                         f"[{lo:.3g}, {hi:.3g}]; scale pixels in [0, 1] with x * 2 - 1, in [0, 255] with x / 127.5 - 1")
     if lo >= 0:
         warnings.warn(f"Trainer: the dataset's values lie in [{lo:.3g}, {hi:.3g}], none below 0: images in [0, 1]? "
                       "G's images are in [-1, 1]; scale with x * 2 - 1", RuntimeWarning, stacklevel=3)
