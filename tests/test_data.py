@@ -1,5 +1,7 @@
 """SynthFaces, ImageFolder and LFW."""
 import os
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -181,3 +183,30 @@ def test_image_folder_damaged_or_unwritable_cache_falls_back_to_decoding(tmp_pat
     monkeypatch.delenv("INTERPGAN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert image_folder.default_cache_dir() == str(tmp_path / "xdg" / "interpgan_ext" / "images")
+
+
+def test_image_folder_processes_starting_together_decode_once(tmp_path, monkeypatch):
+    # torchrun's ranks build the dataset at the same moment: one decodes and caches, the others wait and map it.
+    # (flock excludes separate opens of the lock file even within one process, so threads stand in for ranks.)
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    _folder_of_colours(tmp_path / "imgs", n=6)
+    decoded, lock = [], threading.Lock()
+    real_decode = image_folder._decode_into
+
+    def counting_decode(out, files, start, size):
+        with lock:
+            decoded.extend(files)
+        time.sleep(0.2)  # long enough for the other "ranks" to arrive while this one decodes
+        return real_decode(out, files, start, size)
+
+    monkeypatch.setattr(image_folder, "_decode_into", counting_decode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # broken.jpg
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            ranks = list(pool.map(lambda _: ImageFolder(str(tmp_path / "imgs"), size=8, progress=False), range(4)))
+    assert len(decoded) == 7  # every file once: 6 images and broken.jpg
+    assert sorted(r.from_cache for r in ranks) == [False, True, True, True]
+    for r in ranks:
+        assert torch.equal(r.images, ranks[0].images)

@@ -4,6 +4,7 @@ import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -59,6 +60,29 @@ def _cache_key(path: str, size: int, files) -> str:
     return h.hexdigest()[:32]
 
 
+@contextmanager
+def _exclusive(lock_path: str):
+    """One process at a time decodes a folder into the cache: the ranks of a torchrun job that start together wait
+    for the first, then map its array. Where files cannot be locked (Windows, some network file systems), each
+    process decodes for itself, as without a cache."""
+    fh = None
+    try:
+        import fcntl
+
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        fh = open(lock_path, "a")
+        fcntl.flock(fh, fcntl.LOCK_EX)
+    except (ImportError, OSError):
+        if fh is not None:
+            fh.close()
+            fh = None
+    try:
+        yield
+    finally:
+        if fh is not None:
+            fh.close()  # releases the lock
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """All images under `path` (recursively), centre-cropped and resized; items are [3, size, size] in [-1, 1].
 
@@ -68,8 +92,8 @@ class ImageFolder(torch.utils.data.Dataset):
     take 2.5 GB at 64 px.
 
     The decoded images are cached on disk (`cache`: a folder, default `default_cache_dir()`; False for none). The
-    next run on the same files and size, a resume, an evaluation, or every rank of a torchrun job, maps the cached
-    array instead of decoding again; the mapped pages are shared between processes. A change to any file (its
+    next run on the same files and size, a resume or an evaluation maps the cached array instead of decoding again.
+    Processes that start together (the ranks of a torchrun job) decode once between them, and share the mapped pages. A change to any file (its
     size or modification time) or to the list of files makes a new cache entry.
     """
 
@@ -90,11 +114,12 @@ class ImageFolder(torch.utils.data.Dataset):
         self.cache_file = None
         if cache_dir:
             self.cache_file = os.path.join(cache_dir, _cache_key(path, size, files) + ".npy")
-        self.from_cache = self.cache_file is not None and self._load_cache(path)
-        if not self.from_cache:
-            self._decode(path, files, size, workers, progress)
-            if self.cache_file and len(self.images):
-                self._save_cache(path)
+        with _exclusive(self.cache_file[:-4] + ".lock") if self.cache_file else nullcontext():
+            self.from_cache = self.cache_file is not None and self._load_cache(path)
+            if not self.from_cache:
+                self._decode(path, files, size, workers, progress)
+                if self.cache_file and len(self.images):
+                    self._save_cache(path)
         if self.n_skipped:
             warnings.warn(f"ImageFolder: skipped {self.n_skipped} unreadable file(s) under {path}: "
                           + ", ".join(self.skipped[:5]) + (" ..." if self.n_skipped > 5 else ""),
