@@ -180,6 +180,23 @@ def _report(args):
     print(f"wrote {write_report(run, base, args.out)}")
 
 
+def _cache(args):
+    from .data.image_folder import cache_entries, clear_cache, default_cache_dir
+
+    where = default_cache_dir()
+    if where is None:
+        print("the image cache is off (INTERPGAN_CACHE=off)")
+        return
+    if args.clear:
+        print(f"deleted {clear_cache(where) / 1e6:.1f} MB from {where}")
+        return
+    entries = cache_entries(where)
+    for e in entries:
+        print(f"{e['bytes'] / 1e6:10.1f} MB  {e['n_images']:8d} images at {e['size']:4d} px  {e['path']}")
+    total = sum(e["bytes"] for e in entries) / 1e6
+    print(f"{len(entries)} cached folder(s), {total:.1f} MB, in {where} (interpgan cache --clear deletes them)")
+
+
 def main(argv=None):
     from . import __version__
 
@@ -189,6 +206,8 @@ def main(argv=None):
                     f"ops: {_backend.backend_name('cpu')}, CUDA kernels: {cuda_kernels})")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="which backend runs the ops, and how the extension was built")
+    ca = sub.add_parser("cache", help="list (or --clear) the decoded image folders cached on disk")
+    ca.add_argument("--clear", action="store_true", help="delete them all")
 
     tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -251,6 +270,8 @@ def main(argv=None):
     if args.command == "info":
         print(_backend.info())
         print(f"cuda_available       : {torch.cuda.is_available()}")
+    elif args.command == "cache":
+        _cache(args)
     elif args.command in analysis_verbs:
         try:
             analysis_verbs[args.command](_load(args.run, args.device), args)

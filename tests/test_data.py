@@ -210,3 +210,27 @@ def test_image_folder_processes_starting_together_decode_once(tmp_path, monkeypa
     assert sorted(r.from_cache for r in ranks) == [False, True, True, True]
     for r in ranks:
         assert torch.equal(r.images, ranks[0].images)
+
+
+def test_cli_cache_lists_and_clears_the_decoded_folders(tmp_path, image_cache, capsys, monkeypatch):
+    from interpgan_ext.cli import main as cli_main
+
+    _folder_of_colours(tmp_path / "imgs")
+    with pytest.warns(RuntimeWarning):
+        small = ImageFolder(str(tmp_path / "imgs"), size=8, progress=False)
+    with pytest.warns(RuntimeWarning):
+        ImageFolder(str(tmp_path / "imgs"), size=16, progress=False)
+    (image_cache / "leftover.npy.tmp.123").write_bytes(b"x" * 10)  # a crash's unfinished write
+    entries = {e["size"]: e for e in image_folder.cache_entries()}
+    assert sorted(entries) == [8, 16] and all(e["n_images"] == 5 for e in entries.values())
+    assert entries[8]["file"] == small.cache_file and entries[8]["bytes"] == os.path.getsize(small.cache_file)
+    cli_main(["cache"])
+    out = capsys.readouterr().out
+    assert "5 images at   16 px" in out and "5 images at    8 px" in out and "2 cached folder(s)" in out
+    cli_main(["cache", "--clear"])
+    assert "deleted" in capsys.readouterr().out and os.listdir(image_cache) == []
+    cli_main(["cache"])
+    assert "0 cached folder(s), 0.0 MB" in capsys.readouterr().out
+    monkeypatch.setenv("INTERPGAN_CACHE", "off")
+    cli_main(["cache"])
+    assert "off" in capsys.readouterr().out

@@ -192,6 +192,43 @@ class ImageFolder(torch.utils.data.Dataset):
         return self.images[torch.as_tensor(indices)].float() / 127.5 - 1, None
 
 
+def cache_entries(cache_dir: str = None) -> list:
+    """The decoded folders in the cache: dicts of path, size, n_images, bytes and file (newest first)."""
+    cache_dir = cache_dir or default_cache_dir()
+    if not cache_dir or not os.path.isdir(cache_dir):
+        return []
+    entries = []
+    for name in os.listdir(cache_dir):
+        if not name.endswith(".json") or not os.path.exists(os.path.join(cache_dir, name[:-5] + ".npy")):
+            continue
+        array = os.path.join(cache_dir, name[:-5] + ".npy")
+        try:
+            with open(os.path.join(cache_dir, name)) as fh:
+                meta = json.load(fh)
+            entries.append({"path": meta["path"], "size": meta["size"], "n_images": meta["n_images"],
+                            "bytes": os.path.getsize(array), "file": array, "mtime": os.path.getmtime(array)})
+        except (OSError, ValueError, KeyError):
+            continue
+    return sorted(entries, key=lambda e: -e["mtime"])
+
+
+def clear_cache(cache_dir: str = None) -> int:
+    """Deletes every cache entry (and unfinished or damaged ones); returns the bytes freed. A process that has an
+    entry mapped keeps reading it: the file goes when the mapping does."""
+    cache_dir = cache_dir or default_cache_dir()
+    freed = 0
+    if cache_dir and os.path.isdir(cache_dir):
+        for name in os.listdir(cache_dir):
+            if name.endswith((".npy", ".json", ".lock")) or ".tmp." in name:
+                fn = os.path.join(cache_dir, name)
+                try:
+                    freed += os.path.getsize(fn)
+                    os.remove(fn)
+                except FileNotFoundError:  # another process removed it first
+                    pass
+    return freed
+
+
 class LFWFaces(torch.utils.data.Dataset):
     """The 100 real 25x25 grey faces that scikit-image ships (skimage.data.lfw_subset), resized, as RGB."""
 
