@@ -93,8 +93,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
     The decoded images are cached on disk (`cache`: a folder, default `default_cache_dir()`; False for none). The
     next run on the same files and size, a resume or an evaluation maps the cached array instead of decoding again.
-    Processes that start together (the ranks of a torchrun job) decode once between them, and share the mapped pages. A change to any file (its
-    size or modification time) or to the list of files makes a new cache entry.
+    Processes that start together (the ranks of a torchrun job) decode once between them, and share the mapped
+    pages. A change to any file (its size or modification time) or to the list of files makes a new cache entry.
     """
 
     CHUNK = 256  # files per task: fewer, larger tasks than one per file keep the pool's overhead small
@@ -114,7 +114,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.cache_file = None
         if cache_dir:
             self.cache_file = os.path.join(cache_dir, _cache_key(path, size, files) + ".npy")
-        with _exclusive(self.cache_file[:-4] + ".lock") if self.cache_file else nullcontext():
+        with _exclusive(self._entry_file(".lock")) if self.cache_file else nullcontext():
             self.from_cache = self.cache_file is not None and self._load_cache(path)
             if not self.from_cache:
                 self._decode(path, files, size, workers, progress)
@@ -149,9 +149,13 @@ class ImageFolder(torch.utils.data.Dataset):
         self.n_skipped = len(failed)
         self.skipped = [reason for _, reason in failed]
 
+    def _entry_file(self, ext: str) -> str:
+        """The cache entry's other files: its metadata (.json) and its lock (.lock) beside the array (.npy)."""
+        return self.cache_file[: -len(".npy")] + ext
+
     def _load_cache(self, path) -> bool:
         """Maps the cached array, if there is a complete one; False (and a warning, if it is damaged) otherwise."""
-        meta_file = self.cache_file[:-4] + ".json"
+        meta_file = self._entry_file(".json")
         if not (os.path.exists(meta_file) and os.path.exists(self.cache_file)):
             return False
         try:
@@ -176,7 +180,7 @@ class ImageFolder(torch.utils.data.Dataset):
             with atomic_path(self.cache_file) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, self.images.numpy())
             atomic_write_json({"path": os.path.realpath(path), "size": self.size, "n_images": len(self.images),
-                               "skipped": self.skipped}, self.cache_file[:-4] + ".json")
+                               "skipped": self.skipped}, self._entry_file(".json"))
         except OSError as exc:  # a read-only home, a full disk: the run goes on, uncached
             warnings.warn(f"ImageFolder: could not cache the decoded images in {self.cache_file} ({exc}); "
                           "set INTERPGAN_CACHE to a writable folder, or to off", RuntimeWarning, stacklevel=3)
@@ -199,9 +203,9 @@ def cache_entries(cache_dir: str = None) -> list:
         return []
     entries = []
     for name in os.listdir(cache_dir):
-        if not name.endswith(".json") or not os.path.exists(os.path.join(cache_dir, name[:-5] + ".npy")):
+        array = os.path.join(cache_dir, name[: -len(".json")] + ".npy")
+        if not name.endswith(".json") or not os.path.exists(array):
             continue
-        array = os.path.join(cache_dir, name[:-5] + ".npy")
         try:
             with open(os.path.join(cache_dir, name)) as fh:
                 meta = json.load(fh)
