@@ -47,6 +47,8 @@ print("sanitize_cpu: testing", so)
 EOF
 
 # --capture=sys: a sanitizer writes its report to file descriptor 2 and aborts; pytest must not be holding it.
+# The op tests, then the ops inside a real training loop (GMM, Langevin chains, W and G steps, a checkpoint).
 python -m pytest -q -p no:cacheprovider --capture=sys tests/test_group_energy.py tests/test_langevin_step.py \
-  tests/test_energy_and_sampler.py tests/test_examples.py -k "not cuda and not own_generator" "$@"
+  tests/test_energy_and_sampler.py tests/test_examples.py tests/test_trainer.py::test_smoke_run_writes_everything \
+  -k "not cuda and not own_generator" "$@"
 echo "sanitize_cpu: no AddressSanitizer or UndefinedBehaviorSanitizer finding (build: $ROOT/$DIR)"
