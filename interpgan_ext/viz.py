@@ -157,6 +157,58 @@ def stacked_bar_chart(rows, labels, parts, path: str, title: str = "", unit: str
     return path
 
 
+def speedup_chart(groups, path: str, title: str = "", target: float = None, width: int = 720, bar_h: int = 14,
+                  label_width: int = 250) -> str:
+    """Speed-ups as horizontal bars on a log scale, from 1x (the vertical line) out to each ratio; ratios below 1 go
+    left. `groups` is a list of (label, {rival: ratio}): one block of bars per label (a label may hold a line break),
+    one colour per rival, and a legend of the rivals below. `target` adds a dashed line (a goal such as 5x)."""
+    import math
+
+    from PIL import ImageDraw
+
+    rivals = list(dict.fromkeys(r for _, ratios in groups for r in ratios))
+    ratios = [v for _, rs in groups for v in rs.values()] + ([target] if target else [])
+    if not ratios or any(not (v > 0 and math.isfinite(v)) for v in ratios):
+        raise ValueError("speedup_chart: every ratio must be a positive, finite number")
+    lo, hi = min(ratios + [1.0]) / 1.3, max(ratios + [1.0]) * 1.3
+    left, right = label_width, width - 60
+    x_of = lambda v: left + (right - left) * (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))  # noqa: E731
+    top = (24 if title else 6) + 14
+    blocks = [max(bar_h * len(rs), 12 * (str(label).count("\n") + 1)) + 8 for label, rs in groups]
+    legend_y = top + sum(blocks) + 4
+    H = legend_y + 16 * ((len(rivals) + 3) // 4) + 6
+    canvas = Image.new("RGB", (width, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 6), title, fill="black")
+    ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lo <= t <= hi]
+    for t in ticks:
+        draw.line([int(x_of(t)), top - 2, int(x_of(t)), legend_y - 6], fill=(225, 225, 225))
+        draw.text((int(x_of(t)) - 6, top - 14), f"{t:g}x", fill="black")
+    cols = [tuple(int(255 * x) for x in c) for c in palette(len(rivals))]
+    colour_of = dict(zip(rivals, cols))
+    y0 = top
+    for (label, rs), block in zip(groups, blocks):
+        lines = [line[: label_width // 6 - 1] for line in str(label).split("\n")]
+        draw.text((6, y0 + 2), "\n".join(lines), fill="black")
+        for j, (rival, ratio) in enumerate(rs.items()):
+            y, a, b, c = y0 + j * bar_h, x_of(1.0), x_of(ratio), colour_of[rival]
+            draw.rectangle([int(min(a, b)), y + 2, int(max(a, b)), y + bar_h - 2], fill=c)
+            draw.text((int(max(a, b)) + 4, y + 1), f"{ratio:.3g}x", fill="black")
+        y0 += block
+    draw.line([int(x_of(1.0)), top - 2, int(x_of(1.0)), legend_y - 6], fill="black")
+    if target:
+        for y in range(top - 2, legend_y - 6, 6):
+            draw.line([int(x_of(target)), y, int(x_of(target)), y + 3], fill=(200, 0, 0))
+    for j, (name, c) in enumerate(zip(rivals, cols)):
+        x, y = 6 + (j % 4) * (width // 4), legend_y + 16 * (j // 4)
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=c)
+        draw.text((x + 14, y + 1), str(name)[:24], fill="black")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 # -- figures of a trained run -----------------------------------------------------------------------------------
 def swap_figure(res, path: str, scale: int = 2) -> str:
     """One row per pair: original A, original B, edited A (A with B's concept), |edited A - A|."""

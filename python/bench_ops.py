@@ -5,7 +5,8 @@
 For every op and shape it prints the median time of each version, the fused op's speed-up over each
 (ratios are what to compare across machines), and the roofline floor: the fewest bytes the op must move
 over the memory bandwidth measured in this run, and its FLOPs over the float32 matrix-product rate
-measured in this run. Results go to a JSON file too.
+measured in this run. Results go to a JSON file too, and a chart of the speed-ups beside it (a PNG of the same
+name; `--plot JSON` draws it again from a saved run).
 """
 import argparse
 import json
@@ -191,13 +192,29 @@ def print_table(rows):
         )
 
 
+def plot(result, path):
+    """The fused op's speed-up over each other version, per op, shape and mode, on a log scale (a PNG)."""
+    from interpgan_ext.viz import speedup_chart
+
+    groups = [(f"{r['op']} {r['mode']}\n{r['shape']}", r["speedup_of_fused"])
+              for r in result["rows"]]
+    title = (f"speed-up of the fused ops, {result['device']}, {result['threads']} threads, torch {result['torch']} "
+             "(dashed: 5x)")
+    return speedup_chart(groups, path, title=title, target=5.0)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/ops_<device>.json)")
     ap.add_argument("--quick", action="store_true", help="few repetitions and the small shapes only")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--plot", metavar="JSON", default=None, help="only draw the chart of an earlier run's JSON")
     args = ap.parse_args()
+    if args.plot:
+        with open(args.plot) as fh:
+            print(f"wrote {plot(json.load(fh), os.path.splitext(args.plot)[0] + '.png')}")
+        return
     device = torch.device(args.device)
     reps = args.reps or (3 if args.quick else (50 if device.type == "cuda" else 7))
     torch.manual_seed(0)
@@ -228,7 +245,7 @@ def main():
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as fh:
         json.dump(result, fh, indent=1)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {out} and {plot(result, os.path.splitext(out)[0] + '.png')}")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,40 @@ def test_median_times_records_every_call_longer_than_a_block(monkeypatch):
     times = bench.median_times({"slow": slow}, torch.device("cpu"), reps=3, warmup=1, min_seconds=0.0,
                                block_seconds=0.001)
     assert times == pytest.approx({"slow": 0.004})  # warmup and the per-call estimate, then three recorded calls
+
+
+def test_speedup_chart_draws_log_scaled_bars_from_1x(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from interpgan_ext.viz import speedup_chart
+
+    path = speedup_chart([("op A\nshape", {"x": 4.0, "y": 0.5}), ("op B", {"z": 2.0})], str(tmp_path / "s.png"))
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    coloured = (img.max(axis=2) - img.min(axis=2)) > 60  # the bars; text, grid and the 1x line are grey or black
+    top, bar_h, first_block = 6 + 14, 14, 2 * 14 + 8
+    spans = []
+    for y in (top + 7, top + bar_h + 7, top + first_block + 7):  # the middle row of each bar
+        xs = np.flatnonzero(coloured[y])
+        spans.append((xs.min(), xs.max()))
+    (a0, a1), (b0, b1), (c0, c1) = spans
+    assert b1 <= a0 + 1 and abs(c0 - a0) <= 1  # 4x and 2x start at the 1x line, 0.5x ends there
+    assert (a1 - a0) == pytest.approx(2 * (c1 - c0), abs=2)  # log scale: 4x is twice as long as 2x
+    assert (b1 - b0) == pytest.approx(c1 - c0, abs=2)  # and 0.5x as long as 2x, leftwards
+    with pytest.raises(ValueError, match="positive"):
+        speedup_chart([("bad", {"x": float("nan")})], str(tmp_path / "bad.png"))
+
+
+def test_bench_plot_charts_each_rows_speedups(monkeypatch, tmp_path):
+    import interpgan_ext.viz as viz
+
+    bench = load_bench(monkeypatch, {"now": 0.0})
+    drawn = {}
+    monkeypatch.setattr(viz, "speedup_chart", lambda groups, path, **kw: drawn.update(groups=groups, **kw) or path)
+    result = {"device": "cpu", "threads": 2, "torch": "2.x", "rows": [
+        {"op": "group_energy", "mode": "forward", "shape": [2, 3, 4, 5, 6], "speedup_of_fused": {"einsum": 6.0}},
+        {"op": "langevin_step", "mode": "update", "shape": [7, 8], "speedup_of_fused": {"eager": 1.5}}]}
+    assert bench.plot(result, str(tmp_path / "ops.png")) == str(tmp_path / "ops.png")
+    assert drawn["groups"] == [("group_energy forward\n[2, 3, 4, 5, 6]", {"einsum": 6.0}),
+                               ("langevin_step update\n[7, 8]", {"eager": 1.5})]
+    assert drawn["target"] == 5.0 and "cpu, 2 threads" in drawn["title"]
