@@ -120,6 +120,14 @@ def bar_chart(values, labels, path: str, title: str = "", colours=None, width: i
     return path
 
 
+def _legend(draw, names, colours, y0: int, width: int):
+    """Colour swatches with their names, four to a row, from y0 down (16 px a row)."""
+    for j, (name, c) in enumerate(zip(names, colours)):
+        x, y = 6 + (j % 4) * (width // 4), y0 + 16 * (j // 4)
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=c)
+        draw.text((x + 14, y + 1), str(name)[:24], fill="black")
+
+
 def stacked_bar_chart(rows, labels, parts, path: str, title: str = "", unit: str = "", width: int = 680,
                       bar_h: int = 22, label_width: int = 170) -> str:
     """A horizontal stacked bar chart PNG: one bar per row (a list of values, one per part), its label on the left,
@@ -148,10 +156,7 @@ def stacked_bar_chart(rows, labels, parts, path: str, title: str = "", unit: str
                 draw.rectangle([int(x), y + 2, int(x1), y + bar_h - 3], fill=c)
             x = x1
         draw.text((right + 6, y + 5), f"{sum(r):.4g} {unit}".strip(), fill="black")
-    for j, (name, c) in enumerate(zip(parts, cols)):
-        x, y = 6 + (j % 4) * (width // 4), legend_y + 16 * (j // 4)
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=c)
-        draw.text((x + 14, y + 1), str(name)[:24], fill="black")
+    _legend(draw, parts, cols, legend_y, width)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     canvas.save(path)
     return path
@@ -200,10 +205,7 @@ def speedup_chart(groups, path: str, title: str = "", target: float = None, widt
     if target:
         for y in range(top - 2, legend_y - 6, 6):
             draw.line([int(x_of(target)), y, int(x_of(target)), y + 3], fill=(200, 0, 0))
-    for j, (name, c) in enumerate(zip(rivals, cols)):
-        x, y = 6 + (j % 4) * (width // 4), legend_y + 16 * (j // 4)
-        draw.rectangle([x, y + 2, x + 10, y + 12], fill=c)
-        draw.text((x + 14, y + 1), str(name)[:24], fill="black")
+    _legend(draw, rivals, cols, legend_y, width)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     canvas.save(path)
     return path
