@@ -226,10 +226,13 @@ def main(argv=None):
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, typ in (("batch_size", int), ("n_groups", int), ("lambda0", float), ("lambda2", float),
                       ("lambda3", float), ("lambda_gmm", float), ("langevin_steps", int), ("langevin_step_size", float),
-                      ("gmm_every", int), ("gmm_relative_reg", float), ("gmm_loss", str), ("seed", int),
+                      ("gmm_every", int), ("gmm_relative_reg", float), ("gmm_loss", str),
+                      ("gmm_min_group_size", int), ("seed", int),
                       ("lr_g", float), ("lr_d", float), ("device", str)):
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     tr.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
+    tr.add_argument("--mirror", action="store_true", default=None,
+                    help="flip each real image left-right with probability 1/2 (for a small dataset)")
     sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")
     sw.add_argument("run")
     sw.add_argument("--group", type=int, nargs="+", required=True, help="group id(s); several = a region swap")

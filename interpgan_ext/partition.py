@@ -4,11 +4,15 @@ Each filter j is described by F^j, its feature maps over a batch of generated im
 most 16x16, flattened, then standardised per filter to zero mean and unit norm), and the C-component GMM
 fitted by EM gives q_j = argmax_c P(c | F^j). `log_likelihood` is differentiable in the descriptors, for
 L_gmm(G) = -(1/M) sum_j log N(F^j; mu_{q_j}, Sigma_{q_j}) with the GMM held fixed.
+
+`min_group_size` (default 0: the SPEC's plain EM) keeps every group at a given number of filters or more, by
+hard EM under that constraint after the plain fit (`constrained_assignment`).
 """
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +37,37 @@ def _log_gauss_diag(X, means, variances):
     return -0.5 * (D * math.log(2 * math.pi) + torch.log(variances).sum(1)[None] + quad)
 
 
+def _m_step(X, resp, reg, global_var):
+    """Means, diagonal variances and weights of the groups from responsibilities resp [M, C]. A group with about one
+    filter gets the global variance (its own would be `reg` alone: a spike that every other filter avoids)."""
+    nk = resp.sum(0)
+    means = (resp.T @ X) / nk[:, None]
+    variances = ((resp.T @ (X * X)) / nk[:, None] - means**2).clamp_min(0) + reg
+    variances = torch.where(nk[:, None] > 1.5, variances, global_var[None].expand_as(variances))
+    return means, variances, nk / X.shape[0]
+
+
+def constrained_assignment(scores: torch.Tensor, min_size: int) -> torch.Tensor:
+    """The q maximising sum_j scores[j, q_j] with every group holding at least `min_size` rows. scores [M, C].
+
+    Exact: a linear assignment of the M rows to M slots. Each group has min_size slots of its own (score
+    scores[j, c]); the other M - C*min_size slots are free, and a row in one goes to its best group. The
+    [M, M] problem takes scipy ~0.1 s at M = 512."""
+    from scipy.optimize import linear_sum_assignment
+
+    M, C = scores.shape
+    if min_size * C > M:
+        raise ValueError(f"constrained_assignment: {C} groups of >= {min_size} need {min_size * C} rows, got {M}")
+    s = scores.detach().double().cpu().numpy()
+    if not np.isfinite(s).all():
+        raise ValueError("constrained_assignment: scores contain NaN or inf")
+    free = np.repeat(s.max(1, keepdims=True), M - C * min_size, axis=1)
+    rows, cols = linear_sum_assignment(np.concatenate([np.repeat(s, min_size, axis=1), free], axis=1), maximize=True)
+    q = np.empty(M, dtype=np.int64)
+    q[rows] = np.where(cols < C * min_size, cols // max(min_size, 1), s.argmax(1)[rows])
+    return torch.from_numpy(q).to(scores.device)
+
+
 @dataclass
 class FilterPartition:
     """GMM over filter descriptors. backend "torch" (batched EM on the descriptors' device) or "sklearn"."""
@@ -48,6 +83,11 @@ class FilterPartition:
     # near-copies (cosine 0.97-0.99 within a group, variance 2-4% of the global; the baseline's GMM: 0.5-0.7,
     # 30-54%). A floor bounds the pull's strength. 0 = plain EM (SPEC §5).
     relative_reg: float = 0.0
+    # Every group gets at least this many filters; 0 or 1 = plain EM (SPEC §5). Plain EM left groups of 1-3 of
+    # 128 filters in the 32 px runs, and of 1 and 3 of 256 at 64 px (bench/results/README.md): a group that
+    # small is hardly a concept to edit. After the plain fit, hard EM under the constraint: the best assignment
+    # with every group that large, then each group's Gaussian refitted to its filters, until q is stable.
+    min_group_size: int = 0
     seed: int = 0
     q: Optional[torch.Tensor] = None
     posteriors: Optional[torch.Tensor] = None
@@ -63,6 +103,8 @@ class FilterPartition:
             raise ValueError(f"FilterPartition: backend must be 'torch' or 'sklearn', got {self.backend!r}")
         if not self.relative_reg >= 0:
             raise ValueError(f"FilterPartition: relative_reg must be >= 0, got {self.relative_reg}")
+        if not (isinstance(self.min_group_size, int) and self.min_group_size >= 0):
+            raise ValueError(f"FilterPartition: min_group_size must be an int >= 0, got {self.min_group_size!r}")
 
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, X: torch.Tensor) -> "FilterPartition":
@@ -70,6 +112,9 @@ class FilterPartition:
         X = X.detach()
         if X.dim() != 2 or X.shape[0] < self.n_groups:
             raise ValueError(f"FilterPartition.fit: expected [M >= {self.n_groups}, D] descriptors, got {list(X.shape)}")
+        if self.min_group_size * self.n_groups > X.shape[0]:
+            raise ValueError(f"FilterPartition.fit: {self.n_groups} groups of min_group_size={self.min_group_size} "
+                             f"need {self.min_group_size * self.n_groups} filters, got {X.shape[0]}")
         if not torch.isfinite(X).all():
             raise ValueError("FilterPartition.fit: descriptors contain NaN or inf")
         reg = self.reg_covar + self.relative_reg * X.double().var(dim=0, unbiased=False).mean().item()
@@ -78,6 +123,8 @@ class FilterPartition:
         else:
             self._fit_torch(X.float(), reg)
         self.q = self.posteriors.argmax(dim=1)
+        if self.group_sizes().min() < self.min_group_size:
+            self._rebalance(X.float(), reg)
         return self
 
     def _fit_sklearn(self, X, reg):
@@ -113,16 +160,11 @@ class FilterPartition:
         self.history = []
         prev = -math.inf
         for _ in range(self.max_iter):
-            nk = resp.sum(0)
-            empty = nk < 1e-3
+            empty = resp.sum(0) < 1e-3
             if empty.any():  # re-seed an empty component on the worst-explained filters
                 worst = torch.argsort(resp.max(1).values)[: int(empty.sum())]
                 resp[worst] = F.one_hot(torch.nonzero(empty).flatten(), C).float()
-                nk = resp.sum(0)
-            means = (resp.T @ X) / nk[:, None]
-            variances = ((resp.T @ (X * X)) / nk[:, None] - means**2).clamp_min(0) + reg
-            variances = torch.where(nk[:, None] > 1.5, variances, global_var[None].expand_as(variances))
-            weights = nk / M
+            means, variances, weights = _m_step(X, resp, reg, global_var)
             log_joint = _log_gauss_diag(X, means, variances) + torch.log(weights)[None]
             log_norm = torch.logsumexp(log_joint, dim=1)
             resp = torch.exp(log_joint - log_norm[:, None])
@@ -132,6 +174,25 @@ class FilterPartition:
                 break
             prev = ll
         self.means, self.variances, self.weights, self.posteriors = means, variances, weights, resp
+
+    def _rebalance(self, X, reg):
+        """Hard EM with every group holding >= min_group_size filters, from the plain fit's Gaussians. Each round
+        raises sum_j log(w_{q_j} N(F^j; mu_{q_j}, Sigma_{q_j})), so it ends; q is then the constrained
+        assignment, which need not be argmax of the posteriors."""
+        global_var = X.var(dim=0, unbiased=False) + reg
+        means, variances, weights = (t.to(X) for t in (self.means, self.variances, self.weights))
+        q = None
+        for _ in range(self.max_iter):
+            q_new = constrained_assignment(_log_gauss_diag(X, means, variances) + torch.log(weights)[None],
+                                           self.min_group_size)
+            if q is not None and torch.equal(q_new, q):
+                break
+            q = q_new
+            means, variances, weights = _m_step(X, F.one_hot(q, self.n_groups).to(X), reg, global_var)
+        log_joint = _log_gauss_diag(X, means, variances) + torch.log(weights)[None]
+        self.means, self.variances, self.weights = means, variances, weights
+        self.posteriors = torch.softmax(log_joint, dim=1)
+        self.q = q.to(X.device)
 
     # -- use ------------------------------------------------------------------------------------------
     def log_likelihood(self, X: torch.Tensor) -> torch.Tensor:

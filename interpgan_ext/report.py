@@ -12,8 +12,16 @@ from .edit import swap_concept
 from .runs import Run, partition_of
 from .viz import stacked_bar_chart, swap_figure, visualize_run
 
-CURVES = ["loss_D", "loss_G_gan", "L_cd", "L_interp", "L_gmm", "energy", "images_per_s"]
+CURVES = ["loss_D", "loss_G_gan", "L_cd", "L_interp", "L_gmm", "energy", "smallest group", "images_per_s"]
 STEP_PARTS = ["D", "GMM", "Langevin", "W", "G"]  # the trainer's timed parts of a step
+
+
+def curve(rows, key: str) -> list:
+    """[(step, value)] of a training curve over log rows. "smallest group" is the fewest filters in a group of
+    the partition (from each row's group_sizes): a partition with near-empty groups shows as a dip."""
+    if key == "smallest group":
+        return [(r["step"], float(min(r["group_sizes"]))) for r in rows if r.get("group_sizes")]
+    return [(r["step"], float(r[key])) for r in rows if key in r]
 
 
 def time_split(rows) -> Optional[dict]:
@@ -168,7 +176,7 @@ def write_report(run: Run, baseline: Optional[Run] = None, out_dir: Optional[str
         logs[baseline.name] = baseline.log()
     charts = []
     for key in CURVES:
-        series = {name: [(r["step"], float(r[key])) for r in rows if key in r] for name, rows in logs.items()}
+        series = {name: curve(rows, key) for name, rows in logs.items()}
         series = {k: v for k, v in series.items() if v}
         if series:
             charts.append(svg_chart(series, key))

@@ -26,6 +26,8 @@ tightens the groups at every refit; see FilterPartition.relative_reg and bench/r
 tempered at T = D (FilterPartition.log_posterior), closer to the paper's "sum of posteriors": it pulls a filter
 towards its group and away from the others only while they are confusable, so it stops pulling once groups are
 apart, instead of pulling filters into copies. It is already per dimension, so lambda_gmm applies to it as is.
+`gmm_min_group_size` (default 0, plain EM) keeps every group at that many filters or more at each refit
+(FilterPartition.min_group_size); each log row has the partition's `group_sizes`.
 """
 import copy
 import json
@@ -79,6 +81,7 @@ class TrainConfig:
     gmm_backend: str = "torch"
     gmm_relative_reg: float = 0.0  # variance floor of the GMM, relative (see FilterPartition.relative_reg)
     gmm_loss: str = "likelihood"   # L_gmm: "likelihood" (SPEC §5) or "posterior" (tempered; module docstring)
+    gmm_min_group_size: int = 0    # every group keeps >= this many filters; 0 = plain EM (FilterPartition)
     w_max: float = 1.0
     gan_loss: str = "logistic"     # or "hinge"
     r1_gamma: float = 0.0
@@ -88,6 +91,7 @@ class TrainConfig:
     image_every: int = 250
     ckpt_every: int = 250
     amp: bool = False              # bf16 autocast on CUDA
+    mirror: bool = False           # flip each real image left-right with probability 1/2 (random_mirror)
     device: str = "auto"
 
     def __post_init__(self):
@@ -98,6 +102,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gmm_min_group_size < 0:
+            raise ValueError(f"TrainConfig.gmm_min_group_size must be >= 0, got {self.gmm_min_group_size}")
 
     @property
     def interpretable(self) -> bool:
@@ -154,6 +160,14 @@ def sample_real(data, n: int, gen: torch.Generator, device="cpu") -> torch.Tenso
         return data.render(idx)[0]
     items = [data[int(i)] for i in idx]
     return torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+
+
+def random_mirror(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of [B, C, H, W] flipped left-right with probability 1/2 (draws from `gen`, a CPU generator, so a
+    resumed run flips the same ones). Doubles a small dataset, such as LFW's 100 faces, for D; faces are
+    near-symmetric, so the flips are faces too."""
+    flip = (torch.rand(len(images), generator=gen) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def check_data(data, G: nn.Module, z_dim: int, device) -> None:
@@ -233,8 +247,11 @@ class Trainer:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
         self.energy_scale = 1.0 / (self.n_filters * H * W)  # lambda2 weighs the energy per filter-position
+        if cfg.gmm_min_group_size * cfg.n_groups > self.n_filters:
+            raise ValueError(f"gmm_min_group_size={cfg.gmm_min_group_size} for {cfg.n_groups} groups needs "
+                             f"{cfg.gmm_min_group_size * cfg.n_groups} filters; layer {layer!r} has {self.n_filters}")
         self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, relative_reg=cfg.gmm_relative_reg,
-                                         seed=cfg.seed)
+                                         min_group_size=cfg.gmm_min_group_size, seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
                                        prior_weight=1.0, drift_clip=cfg.drift_clip)
         betas = (cfg.beta1, cfg.beta2)
@@ -251,6 +268,7 @@ class Trainer:
         self.opt_W = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr_w, betas=betas)
         self.q: Optional[torch.Tensor] = None
         self.z_gmm: Optional[torch.Tensor] = None
+        self.group_sizes: Optional[list] = None  # the partition's, logged with every row until the next refit
         self.step = 0
         self.out_dir = out_dir
         self.z_fixed = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 99)).to(self.device)
@@ -296,6 +314,7 @@ class Trainer:
         self.partition.fit(filter_descriptors(f))
         self.q = self.partition.q.to(self.device)
         check_partition(self.q, self.cfg.n_groups)
+        self.group_sizes = self.partition.group_sizes().tolist()
 
     def train_step(self):
         cfg, dev, t = self.cfg, self.device, self.step
@@ -303,6 +322,8 @@ class Trainer:
         gen = step_generator(cfg.seed, t, 1000 * self.rank)  # each rank its own batch
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
         real = sample_real(self.data, cfg.batch_size, gen, dev).to(dev)
+        if cfg.mirror:
+            real = random_mirror(real, gen)
         logs = {}
         # D step
         with timer("D"):
@@ -390,6 +411,8 @@ class Trainer:
                 "langevin_step_size, or a smaller lambda0."
             )
         logs["time"] = timer.totals
+        if cfg.interpretable:
+            logs["group_sizes"] = self.group_sizes
         return logs
 
     # -- checkpoints ---------------------------------------------------------------------------------
@@ -422,6 +445,8 @@ class Trainer:
         if state["partition"] is not None:
             self.partition.load_state_dict(state["partition"])
         self.q, self.z_gmm, self.step = state["q"], state["z_gmm"], state["step"]
+        if self.q is not None:
+            self.group_sizes = torch.bincount(self.q, minlength=self.cfg.n_groups).tolist()
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

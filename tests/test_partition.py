@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from interpgan_ext.partition import FilterPartition, filter_descriptors
+from interpgan_ext.partition import FilterPartition, constrained_assignment, filter_descriptors
 
 
 def clusters(n_per=20, C=4, D=12, spread=0.05, seed=0):
@@ -126,3 +126,53 @@ def test_bad_input():
         FilterPartition(2).fit(torch.tensor([[0.0, float("nan")], [1.0, 1.0], [2.0, 2.0]]))
     with pytest.raises(ValueError, match="M >= 3"):
         FilterPartition(3).fit(torch.randn(2, 4))
+
+
+def test_constrained_assignment_is_the_best_assignment_with_groups_that_large():
+    import itertools
+
+    g = torch.Generator().manual_seed(0)
+    for M, C, m in ((7, 3, 2), (6, 3, 2), (8, 2, 3), (5, 2, 0)):
+        for _ in range(3):
+            scores = torch.randn(M, C, generator=g, dtype=torch.float64)
+            q = constrained_assignment(scores, m)
+            assert torch.bincount(q, minlength=C).min() >= m
+            best = max(sum(scores[j, a[j]].item() for j in range(M)) for a in itertools.product(range(C), repeat=M)
+                       if min(torch.bincount(torch.tensor(a), minlength=C).tolist()) >= m)
+            assert scores.gather(1, q[:, None]).sum().item() == pytest.approx(best, abs=1e-9)
+    scores = torch.randn(12, 3, generator=g)
+    assert torch.equal(constrained_assignment(scores, 0), scores.argmax(1))  # no constraint: each row's best
+    with pytest.raises(ValueError, match="need 15 rows, got 12"):
+        constrained_assignment(scores, 5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "sklearn"])
+def test_min_group_size_grows_a_small_group_and_refits_it(backend):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 12, generator=g) * 2
+    sizes = (30, 30, 30, 2)
+    X = torch.cat([centres[c] + 0.1 * torch.randn(n, 12, generator=g) for c, n in enumerate(sizes)])
+    plain = FilterPartition(4, backend=backend, seed=3).fit(X)
+    assert sorted(plain.group_sizes().tolist()) == [2, 30, 30, 30]  # what plain EM does with a small cluster
+    p = FilterPartition(4, backend=backend, seed=3, min_group_size=5).fit(X)
+    assert p.group_sizes().min() == 5
+    assert (p.q != plain.q).sum() == 3  # three filters join the small group; the rest stay where they were
+    for c in range(4):  # each group's Gaussian is refitted to its members
+        members = X[p.q == c]
+        assert torch.allclose(p.means[c], members.mean(0), atol=1e-5)
+        assert torch.allclose(p.variances[c], members.var(0, unbiased=False) + p.reg_covar, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(p.weights, p.group_sizes().float() / len(X))
+    assert torch.allclose(p.posteriors.sum(1), torch.ones(len(X)), atol=1e-5)
+    assert torch.isfinite(p.log_likelihood(X)).all()
+    # a constraint the plain fit already meets changes nothing
+    loose = FilterPartition(4, backend=backend, seed=3, min_group_size=2).fit(X)
+    assert torch.equal(loose.q, plain.q) and torch.equal(loose.means, plain.means)
+
+
+def test_min_group_size_bad_values():
+    with pytest.raises(ValueError, match="min_group_size"):
+        FilterPartition(2, min_group_size=-1)
+    with pytest.raises(ValueError, match="min_group_size"):
+        FilterPartition(2, min_group_size=1.5)
+    with pytest.raises(ValueError, match="need 12 filters, got 10"):
+        FilterPartition(3, min_group_size=4).fit(torch.randn(10, 4))

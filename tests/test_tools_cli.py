@@ -73,8 +73,18 @@ def test_visualize_eval_report(runs):
     cli_main(["report", interp, "--baseline", base, "--device", "cpu"])
     page = open(os.path.join(interp, "report", "report.html")).read()
     assert "<svg" in page and "data:image/png;base64," in page and "mean group-part IoU" in page
+    assert ">smallest group</text>" in page  # the partition's curve, from the logged group sizes
     assert "interpgan compare" in page
     assert "Where a training step's time goes" in page and os.path.exists(os.path.join(interp, "report", "time_split.png"))
+
+
+def test_curves_read_the_log_and_the_smallest_group_comes_from_the_sizes():
+    from interpgan_ext.report import curve
+
+    rows = [{"step": 5, "loss_D": 1.5, "group_sizes": [4, 1, 3]}, {"step": 10, "loss_D": 1.25},
+            {"step": 15, "group_sizes": [3, 3, 2]}]
+    assert curve(rows, "loss_D") == [(5, 1.5), (10, 1.25)]
+    assert curve(rows, "smallest group") == [(5, 1.0), (15, 2.0)]
 
 
 def test_time_split_averages_the_logged_parts():

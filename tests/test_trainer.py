@@ -21,8 +21,8 @@ from interpgan_ext.trainer import TrainConfig, Trainer, TrainingDiverged, Traini
 def make_trainer(out, steps=20, **cfg):
     torch.manual_seed(0)
     G, D = build("dcgan", 16, z_dim=16, width=8)
-    config = TrainConfig(steps=steps, batch_size=8, z_dim=16, n_groups=3, gmm_every=5, gmm_images=8,
-                         langevin_steps=2, log_every=5, image_every=10, ckpt_every=10, device="cpu", **cfg)
+    config = TrainConfig(**{**dict(steps=steps, batch_size=8, z_dim=16, n_groups=3, gmm_every=5, gmm_images=8,
+                                   langevin_steps=2, log_every=5, image_every=10, ckpt_every=10, device="cpu"), **cfg})
     return Trainer(G, D, G.default_layer, SynthFaces(16, n=64), config, out_dir=str(out))
 
 
@@ -126,9 +126,58 @@ def test_trainer_checks_the_data_against_the_generator(tmp_path):
         trainer(torch.rand(4, 3, 16, 16))
 
 
-def test_config_rejects_an_unknown_gmm_loss():
+def test_random_mirror_flips_about_half_the_images_the_same_way_for_a_seed():
+    from interpgan_ext.trainer import random_mirror
+
+    x = torch.linspace(-1, 1, 8).expand(400, 3, 8, 8)  # left to right: -1 ... 1
+    y = random_mirror(x, torch.Generator().manual_seed(0))
+    flipped = y[:, 0, 0, 0] == 1
+    assert 150 < flipped.sum() < 250  # binomial(400, 1/2): 4.9 sd either side
+    assert torch.equal(y[flipped], x[flipped].flip(-1)) and torch.equal(y[~flipped], x[~flipped])
+    assert torch.equal(y, random_mirror(x, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_mirror_flips_the_real_images_that_d_sees(tmp_path, mirror):
+    class LeftDark(torch.utils.data.Dataset):  # every image: -1 on the left half, +1 on the right
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return torch.cat([-torch.ones(3, 16, 8), torch.ones(3, 16, 8)], dim=2)
+
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    cfg = TrainConfig(steps=3, batch_size=8, z_dim=16, n_groups=3, gmm_every=5, gmm_images=8, langevin_steps=1,
+                      device="cpu", mirror=mirror)
+    tr = Trainer(G, D, G.default_layer, LeftDark(), cfg, out_dir=str(tmp_path))
+    seen = []
+    D.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    tr.fit(progress=False)
+    # D's step sees the real and fake images in one batch, reals first; G's step, the fakes alone
+    real = torch.cat([x[:8] for x in seen if len(x) == 16])
+    assert len(real) == 3 * 8 and torch.all(real.abs() == 1)
+    n_flipped = int((real[:, 0, 0, 0] == 1).sum())
+    assert (n_flipped > 0) if mirror else (n_flipped == 0)
+
     with pytest.raises(ValueError, match="gmm_loss"):
         TrainConfig(gmm_loss="posteriors")
+
+
+def test_min_group_size_holds_at_every_refit_and_the_sizes_are_logged(tmp_path):
+    # the layer has 16 filters; plain EM splits them 4, 5, 3, 4 and then 5, 3, 4, 4 here
+    tr = make_trainer(tmp_path, steps=10, n_groups=4, gmm_min_group_size=4)
+    tr.fit(progress=False)
+    rows = read_log(tmp_path)
+    assert [r["group_sizes"] for r in rows] == [[4, 4, 4, 4]] * 2
+    assert torch.bincount(tr.q, minlength=4).tolist() == [4, 4, 4, 4]
+    resumed = make_trainer(tmp_path, steps=12, n_groups=4, gmm_min_group_size=4)
+    resumed.load_checkpoint()
+    assert resumed.group_sizes == rows[-1]["group_sizes"]  # the sizes are logged after a resume, before a refit
+    with pytest.raises(ValueError, match="needs 20 filters; layer .* has 16"):
+        make_trainer(tmp_path / "big", n_groups=4, gmm_min_group_size=5)
+    with pytest.raises(ValueError, match="gmm_min_group_size"):
+        TrainConfig(gmm_min_group_size=-1)
 
 
 def test_divergence_stops_with_clear_message(tmp_path):
@@ -143,12 +192,13 @@ def test_cli_train_and_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--size", "16", "--width", "8", "--steps", "3", "--out", out, "--batch-size", "4",
             "--n-groups", "2", "--n-images", "32", "--gmm-every", "2", "--langevin-steps", "1", "--no-progress",
-            "--device", "cpu", "--gmm-relative-reg", "0.25", "--gmm-loss", "posterior"]
+            "--device", "cpu", "--gmm-relative-reg", "0.25", "--gmm-loss", "posterior", "--gmm-min-group-size", "2"]
     cli_main(args)
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
     with open(os.path.join(out, "config.json")) as fh:
         config = json.load(fh)["config"]
     assert config["gmm_relative_reg"] == 0.25 and config["gmm_loss"] == "posterior"
+    assert config["gmm_min_group_size"] == 2
     with open(os.path.join(out, "log.jsonl")) as fh:
         logged = [json.loads(line) for line in fh]
     gmm = [r["L_gmm"] for r in logged if "L_gmm" in r]
