@@ -64,6 +64,19 @@ def test_image_folder_reads_and_skips_corrupt(tmp_path):
     assert ds[0].shape == (3, 16, 16) and ds[0].min() >= -1 and ds[0].max() <= 1
 
 
+def test_image_folder_turns_camera_photos_upright(tmp_path):
+    # a portrait photo as a camera stores it: the pixels lie on their side, and EXIF orientation 6 says "turn 90
+    # degrees clockwise to view". Upright, the top half is black and the bottom half white.
+    upright = np.zeros((40, 20, 3), dtype="uint8")
+    upright[20:] = 255
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, k=1)))  # as the sensor wrote it: 20 x 40
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "portrait.jpg", exif=exif, quality=95)
+    img = ImageFolder(str(tmp_path), size=8, cache=False)[0]
+    assert img[:, :3].mean() < -0.9 and img[:, 5:].mean() > 0.9  # dark top rows, light bottom rows
+
+
 def test_image_folder_threads_keep_file_order_across_chunks_and_failures(tmp_path, monkeypatch):
     # Solid colours, so each item says which file it came from; unreadable files sit inside and between chunks.
     colours = [(10 * i, 255 - 20 * i, 7 * i) for i in range(9)]

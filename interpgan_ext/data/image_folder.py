@@ -8,7 +8,7 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .._atomic import atomic_path, atomic_write_json
 from .._progress import progress_bar
@@ -17,8 +17,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
-    """Centre crop to a square and resize to size x size: uint8 [3, size, size]."""
-    img = img.convert("RGB")
+    """Upright (a camera's EXIF orientation applied), centre cropped to a square and resized to size x size:
+    uint8 [3, size, size]."""
+    img = ImageOps.exif_transpose(img).convert("RGB")
     w, h = img.size
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
@@ -53,7 +54,8 @@ def default_cache_dir():
 def _cache_key(path: str, size: int, files) -> str:
     """Names the decoded array of exactly these files at this size: a file added, removed, rewritten or touched
     gives another key, so a stale cache is never read."""
-    h = hashlib.sha256(f"interpgan-image-folder-v1|{os.path.realpath(path)}|{size}".encode())
+    # the version names the decoding: v2 applies the EXIF orientation, so a v1 entry is not read as a v2 one
+    h = hashlib.sha256(f"interpgan-image-folder-v2|{os.path.realpath(path)}|{size}".encode())
     for fn in files:
         st = os.stat(fn)
         h.update(f"|{os.path.relpath(fn, path)}|{st.st_size}|{st.st_mtime_ns}".encode())
