@@ -67,7 +67,8 @@ def _train(args):
                   f"Continue with: interpgan train --out {args.out} --resume", file=sys.stderr)
         sys.exit(143 if stop.signal_name == "SIGTERM" else 130)  # the shell's codes for these signals
     print(f"done: {args.out} (samples/, log.jsonl, checkpoint.pt). Last: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float)))
+          + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float))
+          + (f"; filters per group: {logs['group_sizes']}" if "group_sizes" in logs else ""))
 
 
 def _load(path, device):

@@ -83,7 +83,7 @@ class FilterPartition:
     # near-copies (cosine 0.97-0.99 within a group, variance 2-4% of the global; the baseline's GMM: 0.5-0.7,
     # 30-54%). A floor bounds the pull's strength. 0 = plain EM (SPEC §5).
     relative_reg: float = 0.0
-    # Every group gets at least this many filters; 0 or 1 = plain EM (SPEC §5). Plain EM left groups of 1-3 of
+    # Every group gets at least this many filters; 0 = plain EM (SPEC §5). Plain EM left groups of 1-3 of
     # 128 filters in the 32 px runs, and of 1 and 3 of 256 at 64 px (bench/results/README.md): a group that
     # small is hardly a concept to edit. After the plain fit, hard EM under the constraint: the best assignment
     # with every group that large, then each group's Gaussian refitted to its filters, until q is stable.
@@ -177,8 +177,8 @@ class FilterPartition:
 
     def _rebalance(self, X, reg):
         """Hard EM with every group holding >= min_group_size filters, from the plain fit's Gaussians. Each round
-        raises sum_j log(w_{q_j} N(F^j; mu_{q_j}, Sigma_{q_j})), so it ends; q is then the constrained
-        assignment, which need not be argmax of the posteriors."""
+        raises sum_j log(w_{q_j} N(F^j; mu_{q_j}, Sigma_{q_j})) (up to the variance floor), so it settles in a few
+        rounds; max_iter bounds it. q is then the constrained assignment, which need not be the posteriors' argmax."""
         global_var = X.var(dim=0, unbiased=False) + reg
         means, variances, weights = (t.to(X) for t in (self.means, self.variances, self.weights))
         q = None

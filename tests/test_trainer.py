@@ -206,7 +206,10 @@ def test_cli_train_and_resume(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(args)  # refuses to overwrite a run
     cli_main(["train", "--out", out, "--resume", "--steps", "5", "--no-progress"])
-    assert "resuming" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming" in printed
+    sizes = json.loads(re.search(r"filters per group: (\[[0-9, ]+\])", printed).group(1))
+    assert len(sizes) == 2 and min(sizes) >= 2  # --gmm-min-group-size 2
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
 
 
