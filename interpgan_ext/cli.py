@@ -1,4 +1,4 @@
-"""Command line: `interpgan train | swap | visualize | eval | report | info`, and the analysis verbs\n`sefa | ganspace | latent-shift | invert | ace` (interpgan_ext/analysis/cli.py)."""
+"""Command line: `interpgan train | swap | visualize | eval | table | report | info`, and the analysis verbs\n`sefa | ganspace | latent-shift | invert | ace` (interpgan_ext/analysis/cli.py)."""
 import argparse
 import json
 import os
@@ -141,7 +141,7 @@ def _segmenter_for(run, args):
 def _eval(args):
     from .metrics import default_extractor, evaluate_run
     from .metrics.evaluate import compare_with_baseline
-    from .report import summary_rows
+    from .report import format_table, summary_rows
 
     run = _load(args.run, args.device)
     seg, scores = _segmenter_for(run, args)
@@ -152,7 +152,10 @@ def _eval(args):
               progress=not args.no_progress)
     metrics = evaluate_run(run, segmenter=seg, extractor=extractor, **kw)
     if scores:
-        metrics["segmenter"] = {k: v for k, v in scores.items() if k != "iou"}
+        from .metrics._cache import state_fingerprint
+
+        metrics["segmenter"] = {**{k: v for k, v in scores.items() if k != "iou"},
+                                "fingerprint": state_fingerprint(seg.__self__)}
     if args.baseline:
         base = _load(args.baseline, args.device)
         if seg is not None:
@@ -163,14 +166,25 @@ def _eval(args):
     from ._atomic import atomic_write_json
 
     atomic_write_json(metrics, path)
-    rows = summary_rows(metrics, metrics.get("baseline"))
     names = [run.name] + ([os.path.basename(os.path.normpath(args.baseline))] if args.baseline else [])
-    width = max(len(r[0]) for r in rows)
-    print(f"{'metric':<{width}}  " + "  ".join(f"{n:>14}" for n in names))
-    for r in rows:
-        vals = r[1:1 + len(names)]
-        print(f"{r[0]:<{width}}  " + "  ".join(f"{v:>14.4g}" if isinstance(v, float) else f"{v!s:>14}" for v in vals))
+    print(format_table(names, summary_rows(metrics, metrics.get("baseline"))))
     print(f"wrote {path}")
+
+
+def _table(args):
+    from .report import runs_table
+
+    named = []
+    for path in args.runs:
+        file = os.path.join(path, "metrics.json")
+        if not os.path.exists(file):
+            sys.exit(f"interpgan table: {file} does not exist; run `interpgan eval {path}` first")
+        with open(file) as fh:
+            named.append((os.path.basename(os.path.normpath(path)), json.load(fh)))
+    table, warnings = runs_table(named, markdown=args.markdown)
+    print(table)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _report(args):
@@ -260,6 +274,10 @@ def main(argv=None):
     ev.add_argument("--inception", default=None, help="local Inception-v3 weights for FID (else the segmenter's encoder)")
     ev.add_argument("--no-progress", action="store_true")
 
+    tb = sub.add_parser("table", help="the metrics.json of several runs side by side (seeds, variants)")
+    tb.add_argument("runs", nargs="+", help="run directories, each evaluated by `interpgan eval`")
+    tb.add_argument("--markdown", action="store_true", help="a Markdown table")
+
     rp = sub.add_parser("report", help="a self-contained report.html (run eval first for the metric tables)")
     rp.add_argument("run")
     rp.add_argument("--baseline", default=None)
@@ -282,7 +300,8 @@ def main(argv=None):
         except ValueError as e:
             sys.exit(f"interpgan {args.command}: {e}")
     else:
-        {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "report": _report}[args.command](args)
+        {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table,
+         "report": _report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,45 @@ def summary_rows(metrics: dict, baseline: Optional[dict] = None):
     return rows
 
 
+def format_table(names, rows, markdown: bool = False) -> str:
+    """A plain-text (or Markdown) table: one column per name, one line per (metric, value, ...) row."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    if markdown:
+        lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
+        return "\n".join(lines + ["| " + " | ".join([r[0], *map(cell, r[1:1 + len(names)])]) + " |" for r in rows])
+    width = max(len(r[0]) for r in [("metric",), *rows])
+    col = max([14, *map(len, names), *(len(cell(v)) for r in rows for v in r[1:1 + len(names)])])
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names)]
+    return "\n".join(lines + [f"{r[0]:<{width}}  " + "  ".join(f"{cell(v):>{col}}" for v in r[1:1 + len(names)])
+                              for r in rows])
+
+
+def runs_table(named_metrics, markdown: bool = False):
+    """(table, warnings) comparing the metrics.json of several runs side by side (seeds, variants): the eval
+    metrics, the step, the partition's group sizes and the segmenter. IoU and the domain FID depend on the part
+    segmenter, so a warning says when the runs were measured with different ones."""
+    names = [n for n, _ in named_metrics]
+    cols = [m for _, m in named_metrics]
+    per_run = [summary_rows(m) for m in cols]
+    rows = [(label, *(rows_of_run[i][1] for rows_of_run in per_run)) for i, (label, *_) in enumerate(per_run[0])]
+    sizes = [m.get("group_sizes") or [] for m in cols]
+    seg = [m.get("segmenter") or {} for m in cols]
+    rows += [("smallest group (filters)", *(min(s) if s else float("nan") for s in sizes)),
+             ("group sizes", *(",".join(map(str, s)) for s in sizes)),
+             ("step", *(m.get("step", "?") for m in cols)),
+             ("segmenter mIoU", *(s.get("miou", float("nan")) for s in seg))]
+    warnings = []
+    # metrics.json from before the fingerprint was recorded: the held-out mIoU tells segmenters apart instead
+    key = "fingerprint" if all("fingerprint" in s for s in seg) else "miou"
+    if len({s.get(key) for s in seg if s}) > 1:
+        warnings.append("the runs were measured with different part segmenters: IoU and the domain FID/KID compare "
+                        "only between runs measured with the same one (copy one run's segmenter_<size>px.pt into "
+                        "the others and run `interpgan eval` again)")
+    return format_table(names, rows, markdown), warnings
+
+
 def _run_section(run: Run, metrics: Optional[dict], fig_dir: str, n_pairs: int = 6) -> str:
     out = [f"<h2>{html.escape(run.name)}: {'interpretable' if run.interpretable else 'baseline (lambda0 = 0)'}, "
            f"step {run.step}</h2>"]

@@ -44,7 +44,7 @@ def test_swap_writes_a_grid(runs, tmp_path):
         cli_main(["swap", runs[1], "--group", "0", "--refine", "2", "--out", out, "--device", "cpu"])
 
 
-def test_visualize_eval_report(runs):
+def test_visualize_eval_report(runs, capsys):
     interp, base = runs
     cli_main(["visualize", interp, "--device", "cpu"])
     assert {"filters.png", "group_map.png", "group_sizes.png"} <= set(os.listdir(os.path.join(interp, "figures")))
@@ -61,6 +61,14 @@ def test_visualize_eval_report(runs):
     assert "collage_locality" in m["baseline"] and not m["baseline"]["interpretable"]
     for e in m["baseline"]["collage_locality"]:  # the collage swaps as many channels as its interpretable group
         assert e["size"] == next(g["size"] for g in m["locality"] if g["group"] == e["interp_group"])
+    assert len(m["segmenter"]["fingerprint"]) == 16
+    capsys.readouterr()
+    cli_main(["table", interp, interp, "--markdown"])
+    table = capsys.readouterr()
+    assert f"| segmenter mIoU | {m['segmenter']['miou']:.4g} | {m['segmenter']['miou']:.4g} |" in table.out
+    assert "warning" not in table.err  # the same segmenter measured both columns
+    with pytest.raises(SystemExit, match="run `interpgan eval .*base` first"):
+        cli_main(["table", interp, base])
     cli_main(["visualize", interp, "--device", "cpu"])  # with metrics.json: the per-part charts too
     assert "filter_parts.png" in os.listdir(os.path.join(interp, "figures"))
     cli_main(["compare", interp, base, "--images", "16", "--samples", "64", "--seg-steps", "30", "--clf-steps", "10",
@@ -177,3 +185,45 @@ def test_invert_rejects_a_malformed_direction(runs):
     with pytest.raises(SystemExit, match="METHOD:WHICH:ALPHA"):
         cli_main(["invert", runs[0], "--n", "2", "--steps", "1", "--encoder-steps", "1", "--no-progress",
                   "--direction", "sefa:0", "--device", "cpu"])
+
+
+def _metrics(iou, sizes, miou, fingerprint):
+    return {"step": 1500, "group_sizes": sizes, "dissection": {"mean_group_iou": iou, "parts_matched": 3},
+            "mean_locality": 1.25, "realism": {"fid": 1.5, "kid": 0.02},
+            "segmenter": {"miou": miou, "fingerprint": fingerprint}}
+
+
+def test_runs_table_puts_runs_side_by_side_and_warns_on_different_segmenters():
+    from interpgan_ext.report import runs_table
+
+    a, b = _metrics(0.29, [2, 46, 80], 0.838, "aa"), _metrics(0.26, [28, 40, 60], 0.838, "aa")
+    table, warnings = runs_table([("seed0", a), ("seed1", b)])
+    lines = table.splitlines()
+    assert lines[0].split() == ["metric", "seed0", "seed1"] and not warnings
+    row = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in lines[1:]}
+    assert row["mean group-part IoU"] == ["0.29", "0.26"]
+    assert row["smallest group (filters)"] == ["2", "28"]
+    assert row["group purity"] == ["nan", "nan"]  # not in these metrics: shown as missing, not as 0
+    md, _ = runs_table([("seed0", a), ("seed1", b)], markdown=True)
+    assert md.splitlines()[1] == "| --- | --- | --- |" and "| group sizes | 2,46,80 | 28,40,60 |" in md
+    _, warnings = runs_table([("seed0", a), ("other", _metrics(0.2, [1, 2], 0.841, "bb"))])
+    assert len(warnings) == 1 and "different part segmenters" in warnings[0]
+    _, warnings = runs_table([("seed0", a), ("twin", _metrics(0.2, [1, 2], 0.838, "bb"))])
+    assert warnings  # the same mIoU, other weights
+    older = _metrics(0.2, [1, 2], 0.838, None)
+    del older["segmenter"]["fingerprint"]
+    assert not runs_table([("seed0", a), ("older", older)])[1]  # no fingerprint: the same mIoU counts as the same
+
+
+def test_state_fingerprint_follows_the_weights():
+    from interpgan_ext.metrics._cache import state_fingerprint
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    same = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    same.load_state_dict(net.state_dict())
+    assert state_fingerprint(net) == state_fingerprint(same)
+    with torch.no_grad():
+        same[0].weight[0, 0, 0, 0] += 1e-6
+    assert state_fingerprint(net) != state_fingerprint(same)
+    assert len(state_fingerprint(net.to(torch.bfloat16))) == 16  # bf16 has no numpy dtype

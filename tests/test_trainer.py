@@ -240,11 +240,19 @@ def test_cli_version_names_the_package_torch_and_the_ops(capsys):
     assert interpgan_ext.info()["backend_cpu"] in out
 
 
+def _package_root():
+    """PYTHONPATH for a worker process: the interpgan_ext that this test imported, installed or built in place."""
+    import interpgan_ext
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(interpgan_ext.__file__)))
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
 def run_ddp_worker(out, *args):
     worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
                         str(out), *args], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+                       env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_package_root()))
     assert r.returncode == 0, r.stderr[-3000:]
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
 

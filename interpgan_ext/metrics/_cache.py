@@ -1,4 +1,5 @@
 """Train-once helpers: a small model trained on SynthFaces, cached with its held-out scores in a run directory."""
+import hashlib
 import os
 import time
 from typing import Callable, Optional
@@ -32,6 +33,16 @@ def load_or_train(path: Optional[str], steps: int, build: Callable[[dict], torch
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         atomic_save({"model": model.state_dict(), "steps": steps, "scores": scores, **extra}, path)
     return model, scores
+
+
+def state_fingerprint(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights: two runs' metrics say whether the same segmenter measured them."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        # as raw bytes, so that any dtype (bf16 has no numpy type) hashes
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def train_on_synthfaces(model: torch.nn.Module, size: int, steps: int, loss_fn: Callable, batch_size: int = 32,
