@@ -10,20 +10,22 @@ from . import _backend
 from .metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 
 
-def _init_distributed():
-    """Under torchrun (WORLD_SIZE > 1): one process per rank, NCCL on GPUs, gloo on CPUs."""
+def _init_distributed() -> bool:
+    """Under torchrun (WORLD_SIZE > 1): one process per rank, NCCL on GPUs, gloo on CPUs. True on the rank that
+    talks (rank 0, or the only process)."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _train(args):
     from .data import build_dataset
     from .models import build
-    from .trainer import TrainConfig, Trainer, TrainingInterrupted
+    from .trainer import TrainConfig, Trainer, TrainingInterrupted, end_distributed
 
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
@@ -42,33 +44,38 @@ def _train(args):
             overrides["lambda0"] = 0.0
         cfg = TrainConfig(**overrides)
         arch, size, width, data_name = args.arch, args.size, args.width, args.data
-    _init_distributed()
-    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=not args.no_progress)
+    main = _init_distributed()
+    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=main and not args.no_progress)
     torch.manual_seed(cfg.seed)
     G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
     layer = args.layer or G.default_layer
     meta = {"arch": arch, "size": size, "width": width, "data": data_name}
     trainer = Trainer(G, D, layer, data, cfg, out_dir=args.out, extra_meta=meta)
-    if trainer.is_main and getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
+    say = print if main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
+    if getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
         how = "read from the cache" if data.from_cache else "decoded and cached"
-        print(f"data: {len(data)} images of {data_name}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
+        say(f"data: {len(data)} images of {data_name}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
     if args.resume:
         trainer.load_checkpoint(ckpt)
-        print(f"resuming {args.out} at step {trainer.step}")
+        say(f"resuming {args.out} at step {trainer.step}")
     kind = "interpretable" if cfg.interpretable else "baseline (lambda0 = 0)"
-    print(f"training {kind} {arch} at {size}px on {data_name} ({len(data)} images), target layer {layer!r} "
-          f"[{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
-          f"ops backend: {_backend.backend_name(trainer.device)}")
+    say(f"training {kind} {arch} at {size}px on {data_name} ({len(data)} images), target layer {layer!r} "
+        f"[{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
+        f"ops backend: {_backend.backend_name(trainer.device)}")
+    stop = None
     try:
         logs = trainer.fit(progress=not args.no_progress)
-    except TrainingInterrupted as stop:
-        if trainer.is_main:
-            print(f"interrupted by {stop.signal_name} after step {stop.step}; checkpoint saved: {stop.checkpoint}. "
-                  f"Continue with: interpgan train --out {args.out} --resume", file=sys.stderr)
+    except TrainingInterrupted as interrupted:  # every rank stopped after the same step
+        stop = interrupted
+    del trainer  # its DDP wrappers hold the process group
+    end_distributed()
+    if stop is not None:
+        say(f"interrupted by {stop.signal_name} after step {stop.step}; checkpoint saved: {stop.checkpoint}. "
+            f"Continue with: interpgan train --out {args.out} --resume", file=sys.stderr)
         sys.exit(143 if stop.signal_name == "SIGTERM" else 130)  # the shell's codes for these signals
-    print(f"done: {args.out} (samples/, log.jsonl, checkpoint.pt). Last: "
-          + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float))
-          + (f"; filters per group: {logs['group_sizes']}" if "group_sizes" in logs else ""))
+    say(f"done: {args.out} (samples/, log.jsonl, checkpoint.pt). Last: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if isinstance(v, float))
+        + (f"; filters per group: {logs['group_sizes']}" if "group_sizes" in logs else ""))
 
 
 def _load(path, device):

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from interpgan_ext.data import SynthFaces
 from interpgan_ext.models import build
-from interpgan_ext.trainer import TrainConfig, Trainer, TrainingInterrupted
+from interpgan_ext.trainer import TrainConfig, Trainer, TrainingInterrupted, end_distributed
 
 out = sys.argv[1]
 interrupt = len(sys.argv) > 2 and sys.argv[2] == "sigterm-rank1"
@@ -39,4 +39,5 @@ except TrainingInterrupted as stop:
 torch.save({"G": torch.cat([p.detach().flatten() for p in tr.G.parameters()]), "W": tr.energy.W.detach().clone(),
             "q": tr.q, "descriptor_rows": tr.partition.means.shape, "stopped_at": stopped_at},
            f"{out}/rank{rank}.pt")
-dist.destroy_process_group()
+del tr  # its DDP wrappers hold the process group
+end_distributed()

@@ -248,12 +248,17 @@ def _package_root():
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
-def run_ddp_worker(out, *args):
-    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
-                        str(out), *args], capture_output=True, text=True, timeout=300,
+def torchrun_two_ranks(*argv):
+    """`torchrun --nproc_per_node 2 ARGV...` on CPU; asserts that both ranks exited 0."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *argv],
+                       capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=_package_root()))
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def run_ddp_worker(out, *args):
+    torchrun_two_ranks(os.path.join(os.path.dirname(__file__), "ddp_worker.py"), str(out), *args)
     return [torch.load(out / f"rank{i}.pt", weights_only=False) for i in (0, 1)]
 
 
@@ -272,6 +277,16 @@ def test_ddp_sigterm_on_one_rank_stops_both_after_the_same_step(tmp_path):
     assert a["stopped_at"] == b["stopped_at"] == 3
     assert torch.equal(a["G"], b["G"])
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 3  # written by rank 0
+
+
+def test_cli_train_under_torchrun_rank0_speaks_and_both_ranks_exit_cleanly(tmp_path):
+    out = tmp_path / "run"
+    r = torchrun_two_ranks("-m", "interpgan_ext", "train", "--size", "16", "--width", "8", "--steps", "4",
+                           "--batch-size", "4", "--n-groups", "2", "--n-images", "32", "--gmm-every", "2",
+                           "--langevin-steps", "1", "--no-progress", "--device", "cpu", "--out", str(out))
+    assert r.stdout.count("training interpretable dcgan") == 1 and r.stdout.count("done: ") == 1, r.stdout
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert [row["step"] for row in read_log(out)] == [4]  # rank 0 alone logs
 
 
 def interrupt_at(trainer, step, times=1, sig=signal.SIGINT):
