@@ -10,6 +10,37 @@ from . import _backend
 from .metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one worth showing (not None, not a bare flag's False)."""
+
+    def _get_help_string(self, action):
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# `interpgan train` flags that set a TrainConfig field: (type, help). Their argparse default is None, so that
+# --resume changes only what is given; the help shows TrainConfig's default instead.
+_TRAIN_FLAGS = {
+    "batch_size": (int, "images per step (per rank under torchrun)"),
+    "n_groups": (int, "C, the filter groups (concepts) of the target layer"),
+    "lambda0": (float, "weight of the interpretability terms in G's loss; 0 = the plain GAN"),
+    "lambda2": (float, "weight of the energy terms L_cd (W) and L_real (G), per filter-position"),
+    "lambda3": (float, "weight of L_interp in W's loss"),
+    "lambda_gmm": (float, "weight of L_gmm in G's loss, per descriptor dimension"),
+    "langevin_steps": (int, "T, Langevin steps per negative sample"),
+    "langevin_step_size": (float, "delta, the Langevin step size"),
+    "gmm_every": (int, "steps between refits of the GMM filter partition"),
+    "gmm_relative_reg": (float, "GMM variance floor, relative to the descriptors' mean variance; 0 = plain EM"),
+    "gmm_loss": (str, "L_gmm: likelihood (SPEC) | posterior (tempered)"),
+    "gmm_min_group_size": (int, "every group keeps at least this many filters; 0 = plain EM"),
+    "seed": (int, "seeds every draw of every step; a resumed run goes on as the uninterrupted one"),
+    "lr_g": (float, "G's Adam learning rate"),
+    "lr_d": (float, "D's Adam learning rate"),
+    "device": (str, "auto | cpu | cuda | cuda:N"),
+}
+
+
 def _init_distributed() -> bool:
     """Under torchrun (WORLD_SIZE > 1): one process per rank, NCCL on GPUs, gloo on CPUs. True on the rank that
     talks (rank 0, or the only process)."""
@@ -219,8 +250,11 @@ def _cache(args):
     print(f"{len(entries)} cached folder(s), {total:.1f} MB, in {where} (interpgan cache --clear deletes them)")
 
 
-def main(argv=None):
+def build_parser():
+    """interpgan's argument parser, and {verb: handler(run, args)} for the analysis verbs."""
     from . import __version__
+    from .analysis.cli import add_parsers
+    from .trainer import TrainConfig
 
     ap = argparse.ArgumentParser(prog="interpgan", description="Interpretable GANs (Li et al., AAAI 2022)")
     cuda_kernels = "yes" if _backend.has_cuda_kernels() else "no"
@@ -231,70 +265,73 @@ def main(argv=None):
     ca = sub.add_parser("cache", help="list (or --clear) the decoded image folders cached on disk")
     ca.add_argument("--clear", action="store_true", help="delete them all")
 
-    tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)")
     tr.add_argument("--data", default="synth-faces",
                     help="synth-faces | lfw | a folder of images (decoded once, then cached; INTERPGAN_CACHE=DIR|off)")
     tr.add_argument("--size", type=int, default=32, help="image size: 16, 32, 64 or 128")
     tr.add_argument("--arch", default="dcgan", help="generator family: dcgan | stylegan2")
     tr.add_argument("--width", type=int, default=32, help="base channel width of G and D")
-    tr.add_argument("--layer", default=None, help="target layer (module path); default: the architecture's own")
-    tr.add_argument("--steps", type=int, default=None, help="total steps (default 1500)")
+    tr.add_argument("--layer", default=None, help="target layer (module path); by default the architecture's own")
+    tr.add_argument("--steps", type=int, default=None,
+                    help=f"total steps; with --resume, the new total (default: {TrainConfig.steps})")
     tr.add_argument("--out", default="runs/synth-faces", help="run directory")
     tr.add_argument("--baseline", action="store_true", help="lambda0 = 0: the plain GAN, same code path")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     tr.add_argument("--n-images", type=int, default=20000, help="SynthFaces: number of distinct images")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for name, typ in (("batch_size", int), ("n_groups", int), ("lambda0", float), ("lambda2", float),
-                      ("lambda3", float), ("lambda_gmm", float), ("langevin_steps", int), ("langevin_step_size", float),
-                      ("gmm_every", int), ("gmm_relative_reg", float), ("gmm_loss", str),
-                      ("gmm_min_group_size", int), ("seed", int),
-                      ("lr_g", float), ("lr_d", float), ("device", str)):
-        tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    for name, (typ, text) in _TRAIN_FLAGS.items():
+        tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                        help=f"{text} (default: {getattr(TrainConfig, name)})")
     tr.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
     tr.add_argument("--mirror", action="store_true", default=None,
                     help="flip each real image left-right with probability 1/2 (for a small dataset)")
+
     sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")
-    sw.add_argument("run")
+    sw.add_argument("run", help="run directory")
     sw.add_argument("--group", type=int, nargs="+", required=True, help="group id(s); several = a region swap")
-    sw.add_argument("--pairs", type=int, default=8)
+    sw.add_argument("--pairs", type=int, default=8, help="image pairs (rows of the grid)")
     sw.add_argument("--refine", type=int, default=0, help="Langevin refinement steps on the edited A images")
-    sw.add_argument("--step-size", type=float, default=0.05)
+    sw.add_argument("--step-size", type=float, default=0.05, help="Langevin step size of --refine")
     sw.add_argument("--out", default=None, help="PNG path (default RUN/swap_group<c>.png)")
 
     vi = sub.add_parser("visualize", help="filter activations, group map and partition charts as PNGs")
-    vi.add_argument("run")
-    vi.add_argument("--images", type=int, default=8)
-    vi.add_argument("--filters", type=int, default=16)
+    vi.add_argument("run", help="run directory")
+    vi.add_argument("--images", type=int, default=8, help="generated images shown")
+    vi.add_argument("--filters", type=int, default=16, help="filters shown")
     vi.add_argument("--out", default=None, help="folder (default RUN/figures)")
 
-    ev = sub.add_parser("eval", help="IoU, locality and FID/KID; writes RUN/metrics.json",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ev.add_argument("run")
+    ev = sub.add_parser("eval", help="IoU, locality and FID/KID; writes RUN/metrics.json")
+    ev.add_argument("run", help="run directory")
     ev.add_argument("--baseline", default=None, help="a baseline run (lambda0 = 0) to compare with")
     ev.add_argument("--images", type=int, default=1000, help="generated images for IoU and FID")
     ev.add_argument("--pairs", type=int, default=64, help="swap pairs per group for locality")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     ev.add_argument("--seg-steps", type=int, default=SEG_STEPS, help="segmenter training steps (cached in RUN)")
     ev.add_argument("--min-seg-miou", type=float, default=0.9, help="refuse to measure with a worse segmenter")
     ev.add_argument("--inception", default=None, help="local Inception-v3 weights for FID (else the segmenter's encoder)")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     tb = sub.add_parser("table", help="the metrics.json of several runs side by side (seeds, variants)")
     tb.add_argument("runs", nargs="+", help="run directories, each evaluated by `interpgan eval`")
     tb.add_argument("--markdown", action="store_true", help="a Markdown table")
 
     rp = sub.add_parser("report", help="a self-contained report.html (run eval first for the metric tables)")
-    rp.add_argument("run")
-    rp.add_argument("--baseline", default=None)
+    rp.add_argument("run", help="run directory")
+    rp.add_argument("--baseline", default=None, help="a baseline run (lambda0 = 0) to show beside it")
     rp.add_argument("--out", default=None, help="folder (default RUN/report)")
-    from .analysis.cli import add_parsers
 
     analysis_verbs, analysis_parsers = add_parsers(sub)
     for p in (sw, vi, ev, rp, *analysis_parsers):
-        p.add_argument("--device", default="auto")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        p.add_argument("--seed", type=int, default=0, help="random seed: the latents, and what the verb trains")
+    for p in sub.choices.values():
+        p.formatter_class = _Help
+    return ap, analysis_verbs
+
+
+def main(argv=None):
+    ap, analysis_verbs = build_parser()
     args = ap.parse_args(argv)
     if args.command == "info":
         print(_backend.info())

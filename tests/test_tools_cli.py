@@ -1,4 +1,5 @@
 """`interpgan swap | visualize | eval | report` on tiny runs trained in the test, and the report in Chromium."""
+import argparse
 import json
 import os
 import shutil
@@ -8,9 +9,32 @@ import pytest
 import torch
 from PIL import Image
 
-from interpgan_ext.cli import main as cli_main
+from interpgan_ext.cli import build_parser, main as cli_main
 from interpgan_ext.data import PARTS
 from interpgan_ext.runs import load_run
+
+def test_every_option_of_every_verb_says_what_it_does_and_train_shows_the_config_defaults(capsys):
+    from interpgan_ext.cli import _TRAIN_FLAGS
+    from interpgan_ext.trainer import TrainConfig
+
+    parser, _ = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "swap", "eval", "dissect", "text-edit"} <= set(verbs)
+    silent = [f"{verb} {a.dest}" for verb, p in verbs.items() for a in p._actions if not a.help]
+    assert not silent, f"options without help: {silent}"
+    for a in verbs["train"]._actions:
+        if a.dest in _TRAIN_FLAGS:  # None, so --resume keeps the run's config; the help names TrainConfig's value
+            assert a.default is None and f"(default: {getattr(TrainConfig, a.dest)})" in a.help
+    for argv, shown, hidden in ((["train", "--help"], ["--n-groups N_GROUPS C, the filter groups", "(default: 8)",
+                                                       "(default: 1500)", "(default: runs/synth-faces)"],
+                                 ["--layer LAYER target layer (module path); by default the architecture's own ("]),
+                                (["swap", "RUN", "--help"], ["--seed SEED random seed", "(default: 0)"], [])):
+        with pytest.raises(SystemExit):
+            cli_main(argv)
+        text = " ".join(capsys.readouterr().out.split())  # unwrapped
+        assert all(s in text for s in shown) and not any(s in text for s in hidden), text
+        assert "(default: None)" not in text and "(default: False)" not in text
+
 
 TINY = ["--size", "16", "--width", "8", "--steps", "10", "--batch-size", "8", "--n-groups", "3", "--gmm-every", "5",
         "--n-images", "64", "--no-progress", "--device", "cpu"]
