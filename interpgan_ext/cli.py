@@ -53,10 +53,11 @@ def _init_distributed() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _train(args):
+def _build_trainer(args):
+    """The Trainer that `interpgan train` runs (a new run, or --resume), its dataset, and whether this rank speaks."""
     from .data import build_dataset
     from .models import build
-    from .trainer import TrainConfig, Trainer, TrainingInterrupted, end_distributed
+    from .trainer import TrainConfig, Trainer
 
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
@@ -64,8 +65,7 @@ def _train(args):
             sys.exit(f"interpgan train: --resume given but there is no checkpoint at {ckpt}")
         with open(os.path.join(args.out, "config.json")) as fh:
             saved = json.load(fh)
-        cfg = TrainConfig.from_dict(saved["config"])
-        cfg.steps = args.steps or cfg.steps
+        cfg = TrainConfig.from_dict({**saved["config"], "steps": args.steps or saved["config"]["steps"]})
         arch, size, width, data_name = saved["arch"], saved["size"], saved["width"], saved["data"]
     else:
         if os.path.exists(ckpt) and not args.overwrite:
@@ -79,19 +79,30 @@ def _train(args):
     data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=main and not args.no_progress)
     torch.manual_seed(cfg.seed)
     G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
-    layer = args.layer or G.default_layer
     meta = {"arch": arch, "size": size, "width": width, "data": data_name}
-    trainer = Trainer(G, D, layer, data, cfg, out_dir=args.out, extra_meta=meta)
+    trainer = Trainer(G, D, args.layer or G.default_layer, data, cfg, out_dir=args.out, extra_meta=meta)
+    if args.resume:
+        trainer.load_checkpoint(ckpt)
+    return trainer, data, main
+
+
+def _train(args):
+    from .trainer import TrainingInterrupted, end_distributed
+
+    try:
+        trainer, data, main = _build_trainer(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # what the user asked for cannot be built: say why
+        sys.exit(f"interpgan train: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
+    cfg, meta = trainer.cfg, trainer.meta
     say = print if main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
     if getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
         how = "read from the cache" if data.from_cache else "decoded and cached"
-        say(f"data: {len(data)} images of {data_name}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
+        say(f"data: {len(data)} images of {meta['data']}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
     if args.resume:
-        trainer.load_checkpoint(ckpt)
         say(f"resuming {args.out} at step {trainer.step}")
     kind = "interpretable" if cfg.interpretable else "baseline (lambda0 = 0)"
-    say(f"training {kind} {arch} at {size}px on {data_name} ({len(data)} images), target layer {layer!r} "
-        f"[{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
+    say(f"training {kind} {meta['arch']} at {meta['size']}px on {meta['data']} ({len(data)} images), target layer "
+        f"{trainer.layer!r} [{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
         f"ops backend: {_backend.backend_name(trainer.device)}")
     stop = None
     try:

@@ -74,8 +74,23 @@ def read_log_rows(path: str):
     return rows, n_torn
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+def resolve_device(device="auto") -> torch.device:
+    """"auto" is CUDA when there is a GPU, else the CPU. A device that cannot be used here is a ValueError that
+    says why, not torch's driver error at the first tensor moved there."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"device {device!r} asked for, but no CUDA GPU is usable here (torch {torch.__version__}, "
+                             f"{build}); use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} GPUs")
+    return dev
 
 
 def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.Module] = None) -> Run:

@@ -54,7 +54,7 @@ from ._interrupt import StopRequests
 from ._progress import progress_bar
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
-from .runs import read_log_rows
+from .runs import read_log_rows, resolve_device
 from .sampler import FeatureExtractor, LangevinSampler
 from .viz import save_image_grid
 
@@ -231,10 +231,9 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
-        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        if dev == "cuda" and self.distributed:
-            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        self.device = torch.device(dev)
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.device.index is None and self.distributed:
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.manual_seed(cfg.seed)
         self.G, self.D, self.layer, self.data = G.to(self.device), D.to(self.device), layer, data
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)

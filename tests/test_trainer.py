@@ -188,6 +188,39 @@ def test_divergence_stops_with_clear_message(tmp_path):
         tr.fit(progress=False)
 
 
+@pytest.mark.parametrize("bad, says", [
+    (["--gmm-loss", "posteriors"], "gmm_loss must be 'likelihood' or 'posterior'"),
+    (["--steps", "0"], "steps must be >= 1"),
+    (["--data", "/no/such/folder"], "no such folder: /no/such/folder"),
+    (["--arch", "vgg"], "unknown architecture 'vgg'"),
+    (["--layer", "blocks.9"], "no layer named 'blocks.9'"),
+    (["--size", "20"], "must be 16, 32, 64 or 128, got 20"),
+    (["--n-groups", "99"], "n_groups=99 exceeds the 16 filters"),
+    (["--device", "gpu"], "unknown device 'gpu'"),
+])
+def test_cli_train_says_what_is_wrong_with_its_arguments_without_a_traceback(tmp_path, bad, says):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli_main(["train", "--size", "16", "--width", "8", "--n-images", "16", "--no-progress", "--out", str(out), *bad])
+    assert isinstance(info.value.code, str) and info.value.code.startswith("interpgan train: ") and says in info.value.code
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_device_that_cannot_be_used_is_named_with_the_reason():
+    from interpgan_ext.runs import resolve_device
+
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="GPUs"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(ValueError, match=f"'cuda' asked for, but no CUDA GPU is usable here .*{re.escape(torch.__version__)}"):
+            resolve_device("cuda")
+
+
 def test_cli_train_and_resume(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["train", "--size", "16", "--width", "8", "--steps", "3", "--out", out, "--batch-size", "4",
