@@ -41,6 +41,15 @@ _TRAIN_FLAGS = {
 }
 
 
+# What a bad argument raises (an unknown layer, a missing folder, a value out of range): the CLI prints the message
+# on one line instead of a traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+
+
+def _said(e: Exception) -> str:
+    return e.args[0] if isinstance(e, KeyError) and e.args else str(e)  # str() of a KeyError quotes its message
+
+
 def _init_distributed() -> bool:
     """Under torchrun (WORLD_SIZE > 1): one process per rank, NCCL on GPUs, gloo on CPUs. True on the rank that
     talks (rank 0, or the only process)."""
@@ -91,8 +100,8 @@ def _train(args):
 
     try:
         trainer, data, main = _build_trainer(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # what the user asked for cannot be built: say why
-        sys.exit(f"interpgan train: {e.args[0] if isinstance(e, KeyError) and e.args else e}")
+    except USER_ERRORS as e:  # what the user asked for cannot be built: say why
+        sys.exit(f"interpgan train: {_said(e)}")
     cfg, meta = trainer.cfg, trainer.meta
     say = print if main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
     if getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
@@ -352,8 +361,8 @@ def main(argv=None):
     elif args.command in analysis_verbs:
         try:
             analysis_verbs[args.command](_load(args.run, args.device), args)
-        except ValueError as e:
-            sys.exit(f"interpgan {args.command}: {e}")
+        except USER_ERRORS as e:
+            sys.exit(f"interpgan {args.command}: {_said(e)}")
     else:
         {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table,
          "report": _report}[args.command](args)

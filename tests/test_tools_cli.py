@@ -211,6 +211,19 @@ def test_invert_rejects_a_malformed_direction(runs):
                   "--direction", "sefa:0", "--device", "cpu"])
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["ganspace", "--layer", "blocks.9"], "interpgan ganspace: no layer named 'blocks.9' in DCGANGenerator; layers: "),
+    (["sefa", "--layers", "blocks.9"], "interpgan sefa: no layer named 'blocks.9'"),
+    (["invert", "--images", "/no/such/folder"], "interpgan invert: ImageFolder: no such folder: /no/such/folder"),
+    (["swap", "--group", "99"], "interpgan swap: group_channels: groups [99] hold no filters"),
+    (["swap", "--group", "0", "--device", "gpu"], "interpgan: unknown device 'gpu'"),
+])
+def test_a_bad_argument_to_a_verb_is_one_line_that_says_what_is_wrong(runs, argv, says):
+    with pytest.raises(SystemExit) as info:
+        cli_main([argv[0], runs[0], *argv[1:], *([] if "--device" in argv else ["--device", "cpu"])])
+    assert isinstance(info.value.code, str) and info.value.code.startswith(says), info.value.code
+
+
 def _metrics(iou, sizes, miou, fingerprint):
     return {"step": 1500, "group_sizes": sizes, "dissection": {"mean_group_iou": iou, "parts_matched": 3},
             "mean_locality": 1.25, "realism": {"fid": 1.5, "kid": 0.02},
