@@ -134,8 +134,8 @@ def _load(path, device):
 
     try:
         return load_run(path, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"interpgan: {e}")
+    except USER_ERRORS as e:
+        sys.exit(f"interpgan: {_said(e)}")
 
 
 def _swap(args):
@@ -148,8 +148,8 @@ def _swap(args):
     za, zb = run.latents(args.pairs, args.seed), run.latents(args.pairs, args.seed + 1)
     try:
         res = swap_concept(run.G, run.layer, za, zb, groups=args.group, q=q)
-    except ValueError as e:
-        sys.exit(f"interpgan swap: {e}")
+    except USER_ERRORS as e:
+        sys.exit(f"interpgan swap: {_said(e)}")
     if args.refine:
         if run.energy is None:
             sys.exit("interpgan swap: --refine needs an interpretable run (a baseline run has no energy model)")
