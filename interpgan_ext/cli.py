@@ -63,7 +63,7 @@ def _init_distributed() -> bool:
 
 
 def _build_trainer(args):
-    """The Trainer that `interpgan train` runs (a new run, or --resume), its dataset, and whether this rank speaks."""
+    """The Trainer that `interpgan train` runs (a new run, or --resume), and its dataset."""
     from .data import build_dataset
     from .models import build
     from .trainer import TrainConfig, Trainer
@@ -84,26 +84,26 @@ def _build_trainer(args):
             overrides["lambda0"] = 0.0
         cfg = TrainConfig(**overrides)
         arch, size, width, data_name = args.arch, args.size, args.width, args.data
-    main = _init_distributed()
-    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=main and not args.no_progress)
+    speaks = _init_distributed()
+    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=speaks and not args.no_progress)
     torch.manual_seed(cfg.seed)
     G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
     meta = {"arch": arch, "size": size, "width": width, "data": data_name}
     trainer = Trainer(G, D, args.layer or G.default_layer, data, cfg, out_dir=args.out, extra_meta=meta)
     if args.resume:
         trainer.load_checkpoint(ckpt)
-    return trainer, data, main
+    return trainer, data
 
 
 def _train(args):
     from .trainer import TrainingInterrupted, end_distributed
 
     try:
-        trainer, data, main = _build_trainer(args)
+        trainer, data = _build_trainer(args)
     except USER_ERRORS as e:  # what the user asked for cannot be built: say why
         sys.exit(f"interpgan train: {_said(e)}")
     cfg, meta = trainer.cfg, trainer.meta
-    say = print if main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
+    say = print if trainer.is_main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks for all
     if getattr(data, "cache_file", None):  # an image folder: say where its decoded copy lives
         how = "read from the cache" if data.from_cache else "decoded and cached"
         say(f"data: {len(data)} images of {meta['data']}, {how} ({data.cache_file}; INTERPGAN_CACHE=off disables)")
