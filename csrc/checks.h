@@ -64,6 +64,17 @@ inline void check_grad_out(const char* op, const at::Tensor& grad_out, const at:
               grad_out.device());
 }
 
+// The statistics that group_energy_with_stats returned for the backward (group means and sums, 2 * B * C * K
+// values in the compute dtype ct; their order is the backend's own).
+inline void check_saved_stats(const char* op, const at::Tensor& stats, const at::Tensor& f, const EnergyShape& s,
+                              at::ScalarType ct) {
+  const int64_t n = 2 * s.B * s.C * s.K;
+  TORCH_CHECK(stats.device() == f.device() && stats.scalar_type() == ct && stats.dim() == 1 && stats.numel() == n &&
+                  stats.is_contiguous(),
+              op, ": expected stats as returned by group_energy_with_stats for these inputs (", ct, " [", n, "] on ",
+              f.device(), "), but got ", stats.scalar_type(), " ", shape_str(stats), " on ", stats.device());
+}
+
 // Exact range check of group ids; only for tensors already on the CPU.
 inline void check_group_ids_cpu(const char* op, const at::Tensor& groups, int64_t C) {
   const int64_t* q = groups.data_ptr<int64_t>();

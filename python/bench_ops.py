@@ -5,7 +5,9 @@
 For every op and shape it prints the median time of each version, the fused op's speed-up over each
 (ratios are what to compare across machines), and the roofline floor: the fewest bytes the op must move
 over the memory bandwidth measured in this run, and its FLOPs over the float32 matrix-product rate
-measured in this run. Results go to a JSON file too, and a chart of the speed-ups beside it (a PNG of the same
+measured in this run. On a GPU, group_energy is timed twice: as called from Python (what a caller waits for,
+host work included), and as CUDA graph replays, mode "(graph)" (the device's work alone, which is what the
+floor bounds). Results go to a JSON file too, and a chart of the speed-ups beside it (a PNG of the same
 name; `--plot JSON` draws it again from a saved run).
 """
 import argparse
@@ -70,6 +72,31 @@ def median_times(versions, device, reps, warmup=3, min_seconds=1.0, block_second
             for _ in range(max(1, int(block_seconds / max(per_call[name], 1e-7)))):
                 times[name].append(time_once(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def as_graph_replays(fn, n_sets):
+    """fn's next n_sets calls captured as CUDA graphs; the function returned replays them in turn. A replay skips
+    the host's part of a call (Python, dispatch, autograd's bookkeeping, the launches), so it times the device's
+    work alone: what the roofline floor bounds, and what a training step sees when its GPU has a queue."""
+    side = torch.cuda.Stream()  # warm-up on a side stream, as capture wants (autograd, cuBLAS and cuDNN set up)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(n_sets):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graphs = []
+    for _ in range(n_sets):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graphs.append(graph)
+    state = {"i": 0}
+
+    def replay():
+        graphs[state["i"] % n_sets].replay()
+        state["i"] += 1
+
+    return replay
 
 
 def median_time(fn, device, reps, warmup=3, min_seconds=1.0):
@@ -142,6 +169,11 @@ def bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_broadcast_
             runs[name] = run
         times = median_times(runs, device, reps)
         rows.append(make_row("group_energy", shape, mode, times, n_bytes, flops, peak_bw, peak_flops))
+        if device.type == "cuda":  # the same calls again, as graph replays: the device's time alone
+            replays = {name: as_graph_replays(run, n_sets) for name, run in runs.items()}
+            times = median_times(replays, device, reps)
+            rows.append(make_row("group_energy", shape, mode + " (graph)", times, n_bytes, flops, peak_bw,
+                                 peak_flops))
     return rows
 
 
@@ -183,11 +215,11 @@ def make_row(op, shape, mode, times, n_bytes, flops, peak_bw, peak_flops):
 
 def print_table(rows):
     print()
-    print(f"{'op':14} {'shape':22} {'mode':17} {'fused':>10} | speed-up of fused over: {'':>28} | x floor")
+    print(f"{'op':14} {'shape':22} {'mode':25} {'fused':>10} | speed-up of fused over: {'':>28} | x floor")
     for r in rows:
         sp = "  ".join(f"{k}={v:6.2f}x" for k, v in r["speedup_of_fused"].items())
         print(
-            f"{r['op']:14} {str(r['shape']):22} {r['mode']:17} {r['median_s']['fused'] * 1e3:8.3f}ms | "
+            f"{r['op']:14} {str(r['shape']):22} {r['mode']:25} {r['median_s']['fused'] * 1e3:8.3f}ms | "
             f"{sp:52} | {r['fused_over_floor']:6.2f}"
         )
 
@@ -209,6 +241,8 @@ def main():
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/ops_<device>.json)")
     ap.add_argument("--quick", action="store_true", help="few repetitions and the small shapes only")
     ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--ops", nargs="+", choices=["group_energy", "langevin_step"],
+                    default=["group_energy", "langevin_step"], help="which ops to time")
     ap.add_argument("--plot", metavar="JSON", default=None, help="only draw the chart of an earlier run's JSON")
     args = ap.parse_args()
     if args.plot:
@@ -227,6 +261,10 @@ def main():
         energy_shapes, langevin_shapes = energy_shapes[:1], langevin_shapes[:1]
     skip_bytes = 4 << 30 if device.type == "cuda" else 1 << 30
     rows = []
+    if "group_energy" not in args.ops:
+        energy_shapes = []
+    if "langevin_step" not in args.ops:
+        langevin_shapes = []
     for shape in energy_shapes:
         rows += bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_bytes)
     for shape in langevin_shapes:

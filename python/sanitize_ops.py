@@ -18,8 +18,13 @@ def main():
             f = torch.randn(B, M, H, W, device=dev, dtype=dtype, requires_grad=True)
             Wt = torch.randn(M, C, H * W, device=dev, dtype=w_dtype, requires_grad=True)
             q = torch.randint(0, C, (M,), device=dev)
-            g = ig.ops.group_energy(f, Wt, q)
+            g = ig.ops.group_energy(f, Wt, q)  # autograd: the forward saves its stats, the backward reads them
             g.sum().backward()
+            gg = torch.randn(B, device=dev, dtype=dtype)
+            with torch.no_grad():
+                ig.ops.group_energy(f, Wt, q)
+                for mask in ([True, True], [True, False], [False, True]):  # the backward recomputing the stats
+                    torch.ops.interpgan.group_energy_backward(gg, f, Wt, q, None, mask)
         z = torch.randn(5, 7, device=dev, dtype=dtype)
         ig.ops.langevin_step(z, torch.randn_like(z), 0.1, drift_clip=1.0, generator=gen)
         ig.ops.langevin_step(z, torch.randn_like(z), 0.1, out=z)

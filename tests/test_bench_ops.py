@@ -88,3 +88,33 @@ def test_bench_plot_charts_each_rows_speedups(monkeypatch, tmp_path):
     assert drawn["groups"] == [("group_energy forward\n[2, 3, 4, 5, 6]", {"einsum": 6.0}),
                                ("langevin_step update\n[7, 8]", {"eager": 1.5})]
     assert drawn["target"] == 5.0 and "cpu, 2 threads" in drawn["title"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_graph_replays_compute_what_the_calls_compute(monkeypatch):
+    # The "(graph)" rows time replays of captured calls: they must run the same work on the same rotating inputs.
+    import interpgan_ext as ig
+
+    bench = load_bench(monkeypatch, {"now": 0.0})
+    sets = [(torch.randn(3, 10, 5, device="cuda", requires_grad=True), torch.randn(10, 4, 5, device="cuda",
+             requires_grad=True), torch.randint(0, 4, (10,), device="cuda")) for _ in range(3)]
+    state, outs = {"i": 0}, []
+
+    def run():
+        f, W, groups = sets[state["i"] % 3]
+        state["i"] += 1
+        out = torch.autograd.grad(ig.ops.group_energy(f, W, groups).sum(), (f, W))
+        outs.append(out)
+        return out
+
+    expected = [run() for _ in range(3)]
+    replay = bench.as_graph_replays(run, 3)
+    captured = outs[-3:]  # the captured calls' outputs are the graphs' static outputs, refreshed by each replay
+    for i in range(6):
+        for t in captured[i % 3]:
+            t.zero_()
+        replay()
+        torch.cuda.synchronize()
+        for got, want in zip(captured[i % 3], expected[i % 3]):
+            torch.testing.assert_close(got, want)

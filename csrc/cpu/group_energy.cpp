@@ -515,13 +515,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   check_group_ids_cpu("group_energy_backward", groups, s.C);
   const auto ct = compute_dtype(f_in);
   const bool has_stats = stats.has_value() && stats->defined();
-  if (has_stats) {
-    TORCH_CHECK(stats->device() == f_in.device() && stats->scalar_type() == ct && stats->dim() == 1 &&
-                    stats->numel() == 2 * s.B * s.C * s.K && stats->is_contiguous(),
-                "group_energy_backward: expected stats as returned by group_energy_with_stats for these inputs (",
-                ct, " [", 2 * s.B * s.C * s.K, "] on ", f_in.device(), "), but got ", stats->scalar_type(), " ",
-                shape_str(*stats), " on ", stats->device());
-  }
+  if (has_stats) check_saved_stats("group_energy_backward", *stats, f_in, s, ct);
   const auto f = in_dtype(as_bmk(f_in, s), ct);
   const auto W = in_dtype(W_in.contiguous(), ct);
   const auto [want_df, want_dW] = output_mask;

@@ -1,14 +1,18 @@
 // CUDA kernels of group_energy (SPEC §2), forward and backward.
 //
 // Threads are laid out with the K positions fastest, so every warp reads 32 consecutive positions of one
-// filter row of f or W (coalesced). A thread accumulates kBlockB samples x kBlockJ filters (or kBlockJ filters
-// x kBlockC groups), so each load feeds several multiply-adds. Scratch is O(B*C*K) (fbar, S), never
-// [B, M, C, K]. Reductions go through fixed-order partials, never float atomics, so results are
-// run-to-run identical. Group ids outside [0, C) raise a device-side assert (the CUDA form of the CPU's
-// exact range check, which would need a host sync here) and are never used to index memory.
+// filter row of f or W (coalesced). Each thread accumulates a small register tile (samples x groups, or
+// samples x filters, or filters x groups), so each load feeds several multiply-adds. The loops are bound by
+// the latency of their loads, so the tiles are sized for occupancy as much as for reuse (the tile sizes below
+// were measured on an H100: bench/results/README.md, session 14). Scratch is O(B*C*K) (fbar, S), never
+// [B, M, C, K]. Reductions go through fixed-order partials, never float atomics, so results are run-to-run
+// identical. Group ids outside [0, C) raise a device-side assert (the CUDA form of the
+// CPU's exact range check, which would need a host sync here) and are never used to index memory.
 //
-//   forward : inverse_sizes, group_means, weighted_means<Energy>, sum of block partials
-//   backward: inverse_sizes, group_means, group_sums (split over j) + reduce, weighted_means<Grad> (df), weight_grad
+//   forward (with or without stats): inverse_sizes, group_means (fbar), group_sums (split over j) + reduce
+//             (S = sum_j W f / n_c, and each block's share of g = sum_{c,k} fbar * sum_j W f), sum of the shares
+//   backward: input_grad (df) and weight_grad (dW), from the saved stats; without them it recomputes them first
+// The stats are fbar then S / n_c, each [B, C, K] in the accumulation dtype.
 #include "../checks.h"
 #include "../ops.h"
 
@@ -24,10 +28,13 @@ namespace {
 
 constexpr int kTileK = 32;    // positions per block (threadIdx.x)
 constexpr int kRows = 8;      // threadIdx.y extent
-constexpr int kBlockB = 4;    // samples per thread
-constexpr int kBlockJ = 4;    // filters per thread
-constexpr int kBlockC = 4;    // groups per thread in weight_grad
-constexpr int kSplitJ = 8;    // chunks of the filter axis in group_sums
+constexpr int kSumsB = 4;     // group_sums: samples x groups per thread
+constexpr int kSumsC = 8;
+constexpr int kSplitJ = 8;    // group_sums: chunks of the filter axis
+constexpr int kDfB = 8;       // input_grad: samples x filters per thread
+constexpr int kDfJ = 4;
+constexpr int kDwJ = 4;       // weight_grad: filters x groups per thread
+constexpr int kDwC = 4;
 constexpr int kMaxGroups = 12288;  // inverse_sizes counts groups in shared memory
 
 // inv_n[c] = 1 / n_c, or 0 for an empty group. One block.
@@ -83,158 +90,150 @@ __global__ void group_means_kernel(const scalar_t* __restrict__ f, const int64_t
 }
 
 // Partial sums over one chunk of filters: S_part[js, b, c, k] = sum_{j in chunk js} W[j, c, k] f[b, j, k], with
-// kBlockB samples x kBlockC groups per thread. Grid: x = group block (fastest, so the blocks that read the
+// kSumsB samples x kSumsC groups per thread. Grid: x = group block (fastest, so the blocks that read the
 // same tile of f run together and f comes from HBM once), y = position tile, z = (sample block, j chunk).
 template <typename scalar_t, typename w_t, typename acc_t>
 __global__ void group_sums_kernel(const scalar_t* __restrict__ f, const w_t* __restrict__ W, acc_t* __restrict__ S_part,
                                   int64_t B, int64_t M, int64_t C, int64_t K) {
-  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kBlockC);
+  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kSumsC);
   const int64_t k = blockIdx.y * static_cast<int64_t>(kTileK) + threadIdx.x;
-  const int64_t b0 = ((blockIdx.z / kSplitJ) * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockB;
+  const int64_t b0 = ((blockIdx.z / kSplitJ) * static_cast<int64_t>(kRows) + threadIdx.y) * kSumsB;
   const int64_t js = blockIdx.z % kSplitJ;
   if (k >= K || b0 >= B) return;
   const int64_t j_begin = js * M / kSplitJ, j_end = (js + 1) * M / kSplitJ;
-  acc_t acc[kBlockB][kBlockC] = {};
-#pragma unroll 2
-  for (int64_t j = j_begin; j < j_end; ++j) {
-    acc_t w[kBlockC], x[kBlockB];
+  // Pointers walk along j; a thread's loads sit kSumsB rows of f and kSumsC rows of W apart.
+  const scalar_t* fp = f + (b0 * M + j_begin) * K + k;
+  const w_t* wp = W + (j_begin * C + c0) * K + k;
+  const int64_t f_row = M * K, w_step = C * K;
+  const int nb = static_cast<int>(min(static_cast<int64_t>(kSumsB), B - b0));
+  const int nc = static_cast<int>(min(static_cast<int64_t>(kSumsC), C - c0));
+  acc_t acc[kSumsB][kSumsC] = {};
+#pragma unroll 1  // 64 registers, 4 blocks per SM: unrolled twice, 127 and 2 blocks, and 62 instead of 47 us (H100)
+  for (int64_t j = j_begin; j < j_end; ++j, fp += K, wp += w_step) {
+    acc_t w[kSumsC], x[kSumsB];
 #pragma unroll
-    for (int cc = 0; cc < kBlockC; ++cc) w[cc] = c0 + cc < C ? static_cast<acc_t>(W[(j * C + c0 + cc) * K + k]) : acc_t(0);
+    for (int cc = 0; cc < kSumsC; ++cc) w[cc] = cc < nc ? static_cast<acc_t>(wp[cc * K]) : acc_t(0);
 #pragma unroll
-    for (int r = 0; r < kBlockB; ++r) x[r] = b0 + r < B ? static_cast<acc_t>(f[((b0 + r) * M + j) * K + k]) : acc_t(0);
+    for (int r = 0; r < kSumsB; ++r) x[r] = r < nb ? static_cast<acc_t>(fp[r * f_row]) : acc_t(0);
 #pragma unroll
-    for (int r = 0; r < kBlockB; ++r)
+    for (int r = 0; r < kSumsB; ++r)
 #pragma unroll
-      for (int cc = 0; cc < kBlockC; ++cc) acc[r][cc] += w[cc] * x[r];
+      for (int cc = 0; cc < kSumsC; ++cc) acc[r][cc] += w[cc] * x[r];
   }
   const int64_t BCK = B * C * K;
 #pragma unroll
-  for (int r = 0; r < kBlockB; ++r)
+  for (int r = 0; r < kSumsB; ++r)
 #pragma unroll
-    for (int cc = 0; cc < kBlockC; ++cc)
+    for (int cc = 0; cc < kSumsC; ++cc)
       if (b0 + r < B && c0 + cc < C) S_part[js * BCK + ((b0 + r) * C + c0 + cc) * K + k] = acc[r][cc];
 }
 
-// S = inv_n * sum_js S_part. One thread per (b, c, k).
+// The sum of v over a block of 256 threads, in thread 0. Every thread of the block must call it.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t warp_sums[8];
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+  if (tid % 32 == 0) warp_sums[tid / 32] = v;
+  __syncthreads();
+  acc_t s = 0;
+  if (tid == 0)
+    for (int w = 0; w < 8; ++w) s += warp_sums[w];
+  return s;
+}
+
+// S = inv_n * sum_js S_part, one thread per (b, c, k); block (b, chunk) of 256 threads. With energy_partial, also
+// the block's share of g[b] = sum_{c,k} fbar * (sum_js S_part), in energy_partial[chunk * B + b].
 template <typename acc_t>
 __global__ void reduce_sums_kernel(const acc_t* __restrict__ S_part, const acc_t* __restrict__ inv_n,
-                                   acc_t* __restrict__ S, int64_t BCK, int64_t C, int64_t K) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= BCK) return;
-  acc_t s = 0;
-#pragma unroll
-  for (int js = 0; js < kSplitJ; ++js) s += S_part[js * BCK + i];
-  S[i] = s * inv_n[(i / K) % C];
-}
-
-// Sum v[r] over the block; threads 0..kBlockB-1 get the totals. Every thread of the block must call it.
-template <typename acc_t>
-__device__ __forceinline__ void block_sum(acc_t (&v)[kBlockB], acc_t* out) {
-  constexpr int kWarps = kTileK * kRows / 32;
-  __shared__ acc_t warp_sums[kBlockB][kWarps];
-  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-#pragma unroll
-  for (int r = 0; r < kBlockB; ++r) {
-    for (int offset = 16; offset > 0; offset /= 2) v[r] += __shfl_down_sync(0xffffffffu, v[r], offset);
-    if (tid % 32 == 0) warp_sums[r][tid / 32] = v[r];
-  }
-  __syncthreads();
-  if (tid < kBlockB) {
+                                   const acc_t* __restrict__ fbar, acc_t* __restrict__ S,
+                                   acc_t* __restrict__ energy_partial, int64_t B, int64_t C, int64_t K) {
+  const int64_t BCK = B * C * K, CK = C * K;
+  const int64_t b = blockIdx.x;
+  const int64_t ck = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  acc_t e = 0;
+  if (ck < CK) {
+    const int64_t i = b * CK + ck;
     acc_t s = 0;
-    for (int w = 0; w < kWarps; ++w) s += warp_sums[tid][w];
-    out[tid] = s;
+#pragma unroll
+    for (int js = 0; js < kSplitJ; ++js) s += S_part[js * BCK + i];
+    S[i] = s * inv_n[ck / K];
+    if (energy_partial != nullptr) e = fbar[i] * s;
   }
+  if (energy_partial == nullptr) return;  // uniform across the grid
+  const acc_t total = block_sum(e);
+  if (threadIdx.x == 0) energy_partial[blockIdx.y * B + b] = total;
 }
 
-enum class Mode { Energy, Grad };
-
-// A[b, j, k] = sum_c W[j, c, k] fbar[b, c, k] for kBlockB samples x kBlockJ filters per thread. Then
-//   Energy: partial[block, b] = sum over the block of f[b, j, k] * A[b, j, k]
-//   Grad:   df[b, j, k] = gg[b] * (A[b, j, k] + S[b, q_j, k])   (S already divided by n_c)
-// Grid: x = sample block (fastest, so the blocks that share a tile of W run together and hit L2),
-// y = position tile, z = filter tile.
-template <Mode mode, typename scalar_t, typename w_t, typename acc_t>
-__global__ void weighted_means_kernel(const scalar_t* __restrict__ f, const w_t* __restrict__ W,
-                                      const acc_t* __restrict__ fbar, const int64_t* __restrict__ groups,
-                                      const acc_t* __restrict__ S, const scalar_t* __restrict__ gg,
-                                      acc_t* __restrict__ partial, scalar_t* __restrict__ df, int64_t B, int64_t M,
-                                      int64_t C, int64_t K) {
-  const int64_t b0 = blockIdx.x * static_cast<int64_t>(kBlockB);
+// df[b, j, k] = gg[b] * (sum_c W[j, c, k] fbar[b, c, k] + S[b, q_j, k])   (S already divided by n_c; gg read with
+// a stride), kDfB samples x kDfJ filters per thread. Grid: x = sample block (fastest, so the blocks that share a
+// tile of W run together and hit L2), y = position tile, z = filter tile.
+template <typename scalar_t, typename w_t, typename acc_t>
+__global__ void input_grad_kernel(const w_t* __restrict__ W, const acc_t* __restrict__ fbar,
+                                  const int64_t* __restrict__ groups, const acc_t* __restrict__ S,
+                                  const scalar_t* __restrict__ gg, int64_t gg_stride, scalar_t* __restrict__ df,
+                                  int64_t B, int64_t M, int64_t C, int64_t K) {
+  const int64_t b0 = blockIdx.x * static_cast<int64_t>(kDfB);
   const int64_t k = blockIdx.y * static_cast<int64_t>(kTileK) + threadIdx.x;
-  const int64_t j0 = (blockIdx.z * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockJ;
-  const bool k_ok = k < K;
-  acc_t a[kBlockJ][kBlockB] = {};
-  if (k_ok && j0 < M) {
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t fb[kBlockB];
+  const int64_t j0 = (blockIdx.z * static_cast<int64_t>(kRows) + threadIdx.y) * kDfJ;
+  if (k >= K || j0 >= M) return;
+  acc_t a[kDfJ][kDfB] = {};
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t fb[kDfB];
 #pragma unroll
-      for (int r = 0; r < kBlockB; ++r) fb[r] = b0 + r < B ? fbar[((b0 + r) * C + c) * K + k] : acc_t(0);
+    for (int r = 0; r < kDfB; ++r) fb[r] = b0 + r < B ? fbar[((b0 + r) * C + c) * K + k] : acc_t(0);
 #pragma unroll
-      for (int jj = 0; jj < kBlockJ; ++jj) {
-        const acc_t w = j0 + jj < M ? static_cast<acc_t>(W[((j0 + jj) * C + c) * K + k]) : acc_t(0);
+    for (int jj = 0; jj < kDfJ; ++jj) {
+      const acc_t w = j0 + jj < M ? static_cast<acc_t>(W[((j0 + jj) * C + c) * K + k]) : acc_t(0);
 #pragma unroll
-        for (int r = 0; r < kBlockB; ++r) a[jj][r] += w * fb[r];
-      }
+      for (int r = 0; r < kDfB; ++r) a[jj][r] += w * fb[r];
     }
   }
-  if constexpr (mode == Mode::Energy) {
-    acc_t e[kBlockB] = {};
 #pragma unroll
-    for (int jj = 0; jj < kBlockJ; ++jj)
+  for (int jj = 0; jj < kDfJ; ++jj) {
+    const int64_t j = j0 + jj;
+    if (j >= M) break;
+    const int64_t q = groups[j];
+    CUDA_KERNEL_ASSERT(q >= 0 && q < C && "group_energy_backward: group id out of range");
+    if (q < 0 || q >= C) continue;
 #pragma unroll
-      for (int r = 0; r < kBlockB; ++r)
-        if (k_ok && j0 + jj < M && b0 + r < B) e[r] += a[jj][r] * static_cast<acc_t>(f[((b0 + r) * M + j0 + jj) * K + k]);
-    acc_t totals[kBlockB];
-    block_sum<acc_t>(e, totals);
-    const int tid = threadIdx.y * blockDim.x + threadIdx.x;
-    if (tid < kBlockB && b0 + tid < B)
-      partial[(blockIdx.z * static_cast<int64_t>(gridDim.y) + blockIdx.y) * B + b0 + tid] = totals[tid];
-  } else {
-    if (!k_ok) return;
-#pragma unroll
-    for (int jj = 0; jj < kBlockJ; ++jj) {
-      const int64_t j = j0 + jj;
-      if (j >= M) break;
-      const int64_t q = groups[j];
-      CUDA_KERNEL_ASSERT(q >= 0 && q < C && "group_energy_backward: group id out of range");
-      if (q < 0 || q >= C) continue;
-#pragma unroll
-      for (int r = 0; r < kBlockB; ++r) {
-        const int64_t b = b0 + r;
-        if (b < B) df[(b * M + j) * K + k] = static_cast<scalar_t>(static_cast<acc_t>(gg[b]) * (a[jj][r] + S[(b * C + q) * K + k]));
-      }
+    for (int r = 0; r < kDfB; ++r) {
+      const int64_t b = b0 + r;
+      if (b < B)
+        df[(b * M + j) * K + k] =
+            static_cast<scalar_t>(static_cast<acc_t>(gg[b * gg_stride]) * (a[jj][r] + S[(b * C + q) * K + k]));
     }
   }
 }
 
-// dW[j, c, k] = sum_b gg[b] f[b, j, k] fbar[b, c, k], kBlockJ filters x kBlockC groups per thread.
+// dW[j, c, k] = sum_b gg[b] f[b, j, k] fbar[b, c, k], kDwJ filters x kDwC groups per thread.
 // Grid: x = group block (fastest: the blocks reading one tile of f run together), y = position tile,
 // z = filter tile.
 template <typename scalar_t, typename w_t, typename acc_t>
 __global__ void weight_grad_kernel(const scalar_t* __restrict__ f, const acc_t* __restrict__ fbar,
-                                   const scalar_t* __restrict__ gg, w_t* __restrict__ dW, int64_t B, int64_t M,
-                                   int64_t C, int64_t K) {
-  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kBlockC);
+                                   const scalar_t* __restrict__ gg, int64_t gg_stride, w_t* __restrict__ dW,
+                                   int64_t B, int64_t M, int64_t C, int64_t K) {
+  const int64_t c0 = blockIdx.x * static_cast<int64_t>(kDwC);
   const int64_t k = blockIdx.y * static_cast<int64_t>(kTileK) + threadIdx.x;
-  const int64_t j0 = (blockIdx.z * static_cast<int64_t>(kRows) + threadIdx.y) * kBlockJ;
+  const int64_t j0 = (blockIdx.z * static_cast<int64_t>(kRows) + threadIdx.y) * kDwJ;
   if (k >= K || j0 >= M) return;
-  acc_t acc[kBlockJ][kBlockC] = {};
+  acc_t acc[kDwJ][kDwC] = {};
   for (int64_t b = 0; b < B; ++b) {
-    const acc_t g = static_cast<acc_t>(gg[b]);
-    acc_t x[kBlockJ], fb[kBlockC];
+    const acc_t g = static_cast<acc_t>(gg[b * gg_stride]);
+    acc_t x[kDwJ], fb[kDwC];
 #pragma unroll
-    for (int jj = 0; jj < kBlockJ; ++jj) x[jj] = j0 + jj < M ? g * static_cast<acc_t>(f[(b * M + j0 + jj) * K + k]) : acc_t(0);
+    for (int jj = 0; jj < kDwJ; ++jj) x[jj] = j0 + jj < M ? g * static_cast<acc_t>(f[(b * M + j0 + jj) * K + k]) : acc_t(0);
 #pragma unroll
-    for (int cc = 0; cc < kBlockC; ++cc) fb[cc] = c0 + cc < C ? fbar[(b * C + c0 + cc) * K + k] : acc_t(0);
+    for (int cc = 0; cc < kDwC; ++cc) fb[cc] = c0 + cc < C ? fbar[(b * C + c0 + cc) * K + k] : acc_t(0);
 #pragma unroll
-    for (int jj = 0; jj < kBlockJ; ++jj)
+    for (int jj = 0; jj < kDwJ; ++jj)
 #pragma unroll
-      for (int cc = 0; cc < kBlockC; ++cc) acc[jj][cc] += x[jj] * fb[cc];
+      for (int cc = 0; cc < kDwC; ++cc) acc[jj][cc] += x[jj] * fb[cc];
   }
 #pragma unroll
-  for (int jj = 0; jj < kBlockJ; ++jj)
+  for (int jj = 0; jj < kDwJ; ++jj)
 #pragma unroll
-    for (int cc = 0; cc < kBlockC; ++cc)
+    for (int cc = 0; cc < kDwC; ++cc)
       if (j0 + jj < M && c0 + cc < C) dW[((j0 + jj) * C + c0 + cc) * K + k] = static_cast<w_t>(acc[jj][cc]);
 }
 
@@ -276,58 +275,74 @@ at::ScalarType acc_dtype(const at::Tensor& f) {
   return f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Launches inverse_sizes and group_means into fbar, and with S (df needs it) group_sums and the reduction into
+// S = (sum_j W f) / n_c. With energy_partial, the reduction also leaves the blocks' shares of g there.
+template <typename scalar_t, typename w_t, typename acc_t>
+void launch_stats(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups, const EnergyShape& s,
+                  const at::TensorOptions& acc_opts, acc_t* fbar, acc_t* S, acc_t* energy_partial,
+                  cudaStream_t stream) {
+  const at::Tensor inv_n = inverse_sizes<acc_t>(groups, s, acc_opts, stream);
+  const dim3 block(kTileK, kRows);
+  const int64_t k_tiles = ceil_div(s.K, kTileK);
+  group_means_kernel<scalar_t, acc_t><<<checked_grid(k_tiles, s.B, 1, "means"), block, 0, stream>>>(
+      f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<acc_t>(), fbar, s.B, s.M, s.C, s.K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (S == nullptr) return;
+  auto S_part = at::empty({kSplitJ, s.B * s.C * s.K}, acc_opts);
+  group_sums_kernel<scalar_t, w_t, acc_t>
+      <<<checked_grid(ceil_div(s.C, kSumsC), k_tiles, ceil_div(s.B, kRows * kSumsB) * kSplitJ, "group sums"), block,
+         0, stream>>>(f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), S_part.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  reduce_sums_kernel<acc_t><<<checked_grid(s.B, ceil_div(s.C * s.K, 256), 1, "reduce"), 256, 0, stream>>>(
+      S_part.data_ptr<acc_t>(), inv_n.data_ptr<acc_t>(), fbar, S, energy_partial, s.B, s.C, s.K);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
-at::Tensor group_energy_cuda(const at::Tensor& f_in, const at::Tensor& W_in, const at::Tensor& groups_in) {
-  const EnergyShape s = check_group_energy_args("group_energy", f_in, W_in, groups_in);
+// g through S (g[b] = sum_{c,k} fbar * sum_j W f), keeping fbar and S / n_c for the backward, which then runs only
+// its two products (df and dW).
+std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cuda(const at::Tensor& f_in, const at::Tensor& W_in,
+                                                                const at::Tensor& groups_in) {
+  const EnergyShape s = check_group_energy_args("group_energy_with_stats", f_in, W_in, groups_in);
   const c10::cuda::OptionalCUDAGuard guard(f_in.device());
   const auto f = as_bmk(f_in, s);
   const auto W = W_in.contiguous();
   const auto groups = groups_in.contiguous();
-  if (s.B == 0 || s.K == 0 || s.M == 0) return at::zeros({s.B}, W.options());
   const auto acc_opts = f.options().dtype(acc_dtype(f));
-  auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
-  const dim3 block(kTileK, kRows);
-  const dim3 grid = checked_grid(ceil_div(s.B, kBlockB), ceil_div(s.K, kTileK), ceil_div(s.M, kRows * kBlockJ),
-                                 "energy");
-  auto partial = at::empty({static_cast<int64_t>(grid.y) * grid.z, s.B}, acc_opts);
+  const int64_t BCK = s.B * s.C * s.K;
+  if (s.B == 0 || s.K == 0 || s.M == 0) return {at::zeros({s.B}, W.options()), at::zeros({2 * BCK}, acc_opts)};
+  auto stats = at::empty({2 * BCK}, acc_opts);
+  auto partial = at::empty({ceil_div(s.C * s.K, 256), s.B}, acc_opts);
   auto stream = at::cuda::getCurrentCUDAStream();
   dispatch_energy_types(f, W, [&](auto f_tag, auto w_tag) {
     using scalar_t = decltype(f_tag);
     using w_t = decltype(w_tag);
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor inv_n = inverse_sizes<acc_t>(groups, s, acc_opts, stream);
-    group_means_kernel<scalar_t, acc_t><<<checked_grid(ceil_div(s.K, kTileK), s.B, 1, "means"), block, 0, stream>>>(
-        f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M,
-        s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    weighted_means_kernel<Mode::Energy, scalar_t, w_t, acc_t><<<grid, block, 0, stream>>>(
-        f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(), nullptr,
-        nullptr, partial.data_ptr<acc_t>(), nullptr, s.B, s.M, s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    acc_t* fbar = stats.data_ptr<acc_t>();
+    launch_stats<scalar_t, w_t, acc_t>(f, W, groups, s, acc_opts, fbar, fbar + BCK, partial.data_ptr<acc_t>(), stream);
   });
-  return partial.sum(0).to(W.scalar_type());
+  return {partial.sum(0).to(W.scalar_type()), stats};
 }
 
-// The CUDA kernels do not save the statistics yet: the backward recomputes them (group_means and group_sums,
-// ~95 of its ~550 us at [64, 512, 16x16, 24] on an H100). The empty tensor has the CPU's stats dtype.
-std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cuda(const at::Tensor& f, const at::Tensor& W,
-                                                                const at::Tensor& groups) {
-  const auto stats_dtype = f.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return {group_energy_cuda(f, W, groups), at::empty({0}, f.options().dtype(stats_dtype))};
+// The same kernels as with stats (so that g is bit-identical with and without autograd); the stats are dropped.
+at::Tensor group_energy_cuda(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+  return std::get<0>(group_energy_with_stats_cuda(f, W, groups));
 }
 
 std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& grad_out, const at::Tensor& f_in,
                                                               const at::Tensor& W_in, const at::Tensor& groups_in,
-                                                              const std::optional<at::Tensor>& /*stats*/,
+                                                              const std::optional<at::Tensor>& stats_in,
                                                               std::array<bool, 2> output_mask) {
   const EnergyShape s = check_group_energy_args("group_energy_backward", f_in, W_in, groups_in);
   check_grad_out("group_energy_backward", grad_out, f_in, s.B);
+  const bool has_stats = stats_in.has_value() && stats_in->defined();
+  if (has_stats) check_saved_stats("group_energy_backward", *stats_in, f_in, s, acc_dtype(f_in));
   const c10::cuda::OptionalCUDAGuard guard(f_in.device());
   const auto f = as_bmk(f_in, s);
   const auto W = W_in.contiguous();
   const auto groups = groups_in.contiguous();
-  const auto gg = grad_out.to(f.scalar_type()).contiguous();
+  const auto gg = in_dtype(grad_out, f.scalar_type());  // read through its stride: autograd's is an expansion
   const auto [want_df, want_dW] = output_mask;  // an output left out is returned undefined
   auto df = want_df ? at::empty({s.B, s.M, s.K}, f.options()) : at::Tensor();
   auto dW = want_dW ? at::empty({s.M, s.C, s.K}, W.options()) : at::Tensor();
@@ -338,39 +353,28 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
   }
   const auto acc_opts = f.options().dtype(acc_dtype(f));
   const int64_t BCK = s.B * s.C * s.K;
-  auto fbar = at::empty({s.B, s.C, s.K}, acc_opts);
-  auto S = want_df ? at::empty({s.B, s.C, s.K}, acc_opts) : at::Tensor();  // S is df's alone
-  auto S_part = want_df ? at::empty({kSplitJ, BCK}, acc_opts) : at::Tensor();
+  const at::Tensor stats = has_stats ? *stats_in : at::empty({2 * BCK}, acc_opts);
   auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 block(kTileK, kRows);
-  const int64_t c_blocks = ceil_div(s.C, kBlockC), k_tiles = ceil_div(s.K, kTileK);
+  const int64_t k_tiles = ceil_div(s.K, kTileK);
   dispatch_energy_types(f, W, [&](auto f_tag, auto w_tag) {
     using scalar_t = decltype(f_tag);
     using w_t = decltype(w_tag);
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor inv_n = inverse_sizes<acc_t>(groups, s, acc_opts, stream);
-    group_means_kernel<scalar_t, acc_t><<<checked_grid(k_tiles, s.B, 1, "means"), block, 0, stream>>>(
-        f.data_ptr<scalar_t>(), groups.data_ptr<int64_t>(), inv_n.data_ptr<acc_t>(), fbar.data_ptr<acc_t>(), s.B, s.M,
-        s.C, s.K);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (want_df) {  // S and df
-      group_sums_kernel<scalar_t, w_t, acc_t>
-          <<<checked_grid(c_blocks, k_tiles, ceil_div(s.B, kRows * kBlockB) * kSplitJ, "group sums"), block, 0, stream>>>(
-              f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), S_part.data_ptr<acc_t>(), s.B, s.M, s.C, s.K);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      reduce_sums_kernel<acc_t><<<checked_grid(ceil_div(BCK, 256), 1, 1, "reduce"), 256, 0, stream>>>(
-          S_part.data_ptr<acc_t>(), inv_n.data_ptr<acc_t>(), S.data_ptr<acc_t>(), BCK, s.C, s.K);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      weighted_means_kernel<Mode::Grad, scalar_t, w_t, acc_t>
-          <<<checked_grid(ceil_div(s.B, kBlockB), k_tiles, ceil_div(s.M, kRows * kBlockJ), "df"), block, 0, stream>>>(
-              f.data_ptr<scalar_t>(), W.data_ptr<w_t>(), fbar.data_ptr<acc_t>(), groups.data_ptr<int64_t>(),
-              S.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), nullptr, df.data_ptr<scalar_t>(), s.B, s.M, s.C, s.K);
+    acc_t* fbar = stats.data_ptr<acc_t>();
+    acc_t* S = fbar + BCK;  // S is df's alone
+    if (!has_stats) launch_stats<scalar_t, w_t, acc_t>(f, W, groups, s, acc_opts, fbar, want_df ? S : nullptr, nullptr, stream);
+    if (want_df) {
+      input_grad_kernel<scalar_t, w_t, acc_t>
+          <<<checked_grid(ceil_div(s.B, kDfB), k_tiles, ceil_div(s.M, kRows * kDfJ), "df"), block, 0, stream>>>(
+              W.data_ptr<w_t>(), fbar, groups.data_ptr<int64_t>(), S, gg.data_ptr<scalar_t>(), gg.stride(0),
+              df.data_ptr<scalar_t>(), s.B, s.M, s.C, s.K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (want_dW) {
       weight_grad_kernel<scalar_t, w_t, acc_t>
-          <<<checked_grid(c_blocks, k_tiles, ceil_div(s.M, kRows * kBlockJ), "dW"), block, 0, stream>>>(
-              f.data_ptr<scalar_t>(), fbar.data_ptr<acc_t>(), gg.data_ptr<scalar_t>(), dW.data_ptr<w_t>(), s.B, s.M, s.C,
+          <<<checked_grid(ceil_div(s.C, kDwC), k_tiles, ceil_div(s.M, kRows * kDwJ), "dW"), block, 0, stream>>>(
+              f.data_ptr<scalar_t>(), fbar, gg.data_ptr<scalar_t>(), gg.stride(0), dW.data_ptr<w_t>(), s.B, s.M, s.C,
               s.K);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -119,9 +119,8 @@ def _register():
     @torch.library.register_fake("interpgan::group_energy_with_stats")
     def _(f, W, groups):
         check_shapes(f, W, groups)
-        # Opaque statistics for the backward: group means and sums (CPU); CUDA saves none yet.
-        B, M, K = f.shape[0], f.shape[1], W.shape[2]
-        n = 2 * B * W.shape[1] * K if f.device.type == "cpu" else 0
+        # Opaque statistics for the backward: group means and sums, B * C * K each (in each backend's own order).
+        n = 2 * f.shape[0] * W.shape[1] * W.shape[2]
         stats_dtype = torch.float64 if f.dtype == torch.float64 else torch.float32
         return f.new_empty((f.shape[0],), dtype=W.dtype), f.new_empty((n,), dtype=stats_dtype)
 
