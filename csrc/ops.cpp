@@ -6,8 +6,8 @@
 
 TORCH_LIBRARY(interpgan, m) {
   m.def("group_energy(Tensor f, Tensor W, Tensor groups) -> Tensor");
-  // What autograd calls: the forward also returns the statistics the backward needs (an opaque tensor whose
-  // layout is the backend's; empty on CUDA, whose backward recomputes them), and the backward takes them.
+  // What autograd calls: the forward also returns the statistics the backward needs (an opaque tensor of
+  // 2 * B * C * K values whose layout is the backend's), and the backward takes them.
   // output_mask says which of (df, dW) to compute; the others come back undefined (None), as in ATen's backwards.
   m.def("group_energy_with_stats(Tensor f, Tensor W, Tensor groups) -> (Tensor, Tensor)");
   m.def(
