@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the extension there, run the CUDA tests, compute-sanitizer, the op benchmark,
 # and the training-throughput benchmark.
-# Writes logs and JSON under ${OUT:-bench/results/gpu}.
+# Writes logs and JSON under ${OUT:-bench/results/gpu}. With PACK=1 they end up as one archive there,
+# gpu_checks.tgz (the device tool brings back 8 files at most): `PACK=1 bash python/gpu_checks.sh`, about 6 minutes
+# on an H100.
 set -uo pipefail
 OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
@@ -22,3 +24,6 @@ python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee 
 python3 python/bench_train.py --device cuda --size 64 --width 64 --batch-size 64 --no-progress \
     --out "$OUT/train_cuda_64px.json" --trace /tmp/train_trace 2>&1 | tee "$OUT/bench_train.log" | tail -12
 cp /tmp/train_trace/profile_*.txt "$OUT/" 2>/dev/null
+if [ "${PACK:-0}" = 1 ]; then
+  tar czf /tmp/gpu_checks.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_checks.tgz "$OUT/"
+fi
