@@ -199,22 +199,38 @@ def check_data(data, G: nn.Module, z_dim: int, device) -> None:
 
 @dataclass
 class _Timer:
-    """Wall seconds of each named part of a step, summed in `totals`; on CUDA it synchronises around a part, so
-    that the time is the part's own and not the queue's."""
+    """Seconds of each named part of a step, summed in `totals` by `read()`. On the CPU, wall seconds. On CUDA, the
+    span between two events queued on the device's stream around the part: it never waits for the GPU, so the
+    host queues the next part while the GPU runs this one. (Synchronising around every part left an H100 idle
+    ~70% of a step: bench/results/README.md, session 14.) The span is the part's GPU time when the GPU is the
+    bottleneck, and the host's time to queue it when the host is."""
     device: torch.device
     totals: dict = field(default_factory=dict)
+    _spans: list = field(default_factory=list)
 
     @contextmanager
     def __call__(self, name):
         # The range is named in torch.profiler traces too (python/bench_train.py --trace), as interpgan::NAME.
         with torch.profiler.record_function(f"interpgan::{name}"):
             if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t0 = time.perf_counter()
-            yield
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+                stream = torch.cuda.current_stream(self.device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                yield
+                end.record(stream)
+                self._spans.append((name, start, end))
+            else:
+                t0 = time.perf_counter()
+                yield
+                self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+    def read(self) -> dict:
+        """totals, with the CUDA spans added (waiting for their end events: call it once the step is queued)."""
+        for name, start, end in self._spans:
+            end.synchronize()
+            self.totals[name] = self.totals.get(name, 0.0) + start.elapsed_time(end) / 1e3
+        self._spans.clear()
+        return self.totals
 
 
 class Trainer:
@@ -320,12 +336,12 @@ class Trainer:
     def train_step(self):
         cfg, dev, t = self.cfg, self.device, self.step
         timer = _Timer(dev)
+        logs = {}
         gen = step_generator(cfg.seed, t, 1000 * self.rank)  # each rank its own batch
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
         real = sample_real(self.data, cfg.batch_size, gen, dev).to(dev)
         if cfg.mirror:
             real = random_mirror(real, gen)
-        logs = {}
         # D step
         with timer("D"):
             self.D.requires_grad_(True)
@@ -341,7 +357,7 @@ class Trainer:
             self.opt_D.zero_grad(set_to_none=True)
             loss_D.backward()
             self.opt_D.step()
-        logs["loss_D"] = loss_D.item()
+        losses = {"loss_D": loss_D}  # read to the host once, at the end: each read waits for the GPU
         if cfg.interpretable:
             if self.q is None or t % cfg.gmm_every == 0:
                 with timer("GMM"):
@@ -366,7 +382,7 @@ class Trainer:
                         self.energy.W.grad /= self.world
                     self.opt_W.step()
                     self.energy.project_()
-            logs.update(L_cd=L_cd.item(), L_interp=L_interp.item())
+            losses.update(L_cd=L_cd, L_interp=L_interp)
         # G step
         with timer("G"):
             self.D.requires_grad_(False)
@@ -386,7 +402,7 @@ class Trainer:
                     gmm_term = L_gmm / desc.shape[1]
                 L_real = self.energy.loss_real(f.float(), self.q)
                 loss_G = loss_G + cfg.lambda0 * (cfg.lambda_gmm * gmm_term + cfg.lambda2 * self.energy_scale * L_real)
-                logs.update(L_gmm=L_gmm.item(), L_real=L_real.item(), energy=-L_real.item())
+                losses.update(L_gmm=L_gmm, L_real=L_real, energy=-L_real)
             self.opt_G.zero_grad(set_to_none=True)
             loss_G.backward()
             self.opt_G.step()
@@ -398,7 +414,9 @@ class Trainer:
                     pe.lerp_(p, 1 - decay)
                 for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
                     be.copy_(b)
-        logs.update(loss_G=loss_G.item(), loss_G_gan=loss_gan.item())
+        losses.update(loss_G=loss_G, loss_G_gan=loss_gan)
+        values = torch.stack([v.detach().reshape(()).double() for v in losses.values()]).tolist()
+        logs.update(zip(losses, values))
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if self.distributed:  # stop on every rank together, not leave the others waiting in a collective
             flag = torch.tensor([float(len(bad))], device=dev)
@@ -411,7 +429,7 @@ class Trainer:
                 f"The last good checkpoint is kept at {self.checkpoint_path}. Try a lower learning rate, a smaller "
                 "langevin_step_size, or a smaller lambda0."
             )
-        logs["time"] = timer.totals
+        logs["time"] = timer.read()
         if cfg.interpretable:
             logs["group_sizes"] = self.group_sizes
         return logs

@@ -180,6 +180,57 @@ def test_min_group_size_holds_at_every_refit_and_the_sizes_are_logged(tmp_path):
         TrainConfig(gmm_min_group_size=-1)
 
 
+def test_a_step_reads_its_losses_to_the_host_once(tmp_path, monkeypatch):
+    # Each read of a GPU value (.item(), .tolist()) waits for the GPU to finish what the host queued, so a step reads
+    # its losses once, together, at its end. (A refit step, every gmm_every, reads more; this step refits nothing.)
+    # Counted: reads by the package's own code (Adam reads its step counters, CPU tensors even on a GPU).
+    import traceback
+
+    tr = make_trainer(tmp_path, gmm_every=100)
+    tr.train_step()  # the first step fits the partition
+    tr.step += 1
+    reads = []
+
+    def counting(name, original):
+        def read(self, *args):
+            caller = traceback.extract_stack(limit=2)[0]
+            if f"{os.sep}interpgan_ext{os.sep}" in caller.filename:
+                reads.append(f"{name} at {os.path.basename(caller.filename)}:{caller.lineno}")
+            return original(self, *args)
+        return read
+
+    for name in ("item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    logs = tr.train_step()
+    monkeypatch.undo()
+    assert len(reads) == 1 and reads[0].startswith("tolist at trainer.py"), reads
+    losses = ("loss_D", "L_cd", "L_interp", "L_gmm", "L_real", "energy", "loss_G", "loss_G_gan")
+    assert all(type(logs[k]) is float and math.isfinite(logs[k]) for k in losses)
+    assert logs["energy"] == -logs["L_real"]
+    assert set(logs["time"]) == {"D", "Langevin", "W", "G"} and all(s > 0 for s in logs["time"].values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_a_cuda_step_waits_for_the_gpu_only_for_its_inputs_and_its_losses(tmp_path):
+    # The parts are timed with CUDA events, not synchronisations. What still waits: copying z and the real images
+    # to the GPU (from pageable memory), and reading the losses back, once.
+    tr = make_trainer(tmp_path, gmm_every=100, device="cuda")
+    tr.train_step()
+    tr.step += 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            logs = tr.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 3, syncs
+    assert set(logs["time"]) == {"D", "Langevin", "W", "G"} and all(s > 0 for s in logs["time"].values())
+
+
 def test_divergence_stops_with_clear_message(tmp_path):
     tr = make_trainer(tmp_path, steps=3)
     with torch.no_grad():

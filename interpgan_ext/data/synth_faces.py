@@ -6,6 +6,7 @@ mouth (smile / open), eyes (open / closed) and glasses. Shapes are anti-aliased:
 (a linear ramp of its signed distance, 2.4 pixels wide) composited in painter's order, and the label of a
 pixel is the top-most part covering half of it or more.
 """
+import functools
 import math
 
 import torch
@@ -29,6 +30,13 @@ def _lerp_palette(palette, t):
 _EDGE_PX = 2.4
 _EYE_RGB, _GLASSES_RGB = [0.08, 0.08, 0.12], [0.15, 0.15, 0.2]
 _MOUTH_OPEN_RGB, _LIPS_RGB = [0.3, 0.05, 0.05], [0.75, 0.25, 0.3]
+
+
+@functools.lru_cache(maxsize=None)
+def _colours_on(dev: torch.device) -> dict:
+    """The fixed colours as tensors on `dev`, copied there once: on a GPU each copy waits for the queue to drain."""
+    rgb = {"eye": _EYE_RGB, "glasses": _GLASSES_RGB, "mouth_open": _MOUTH_OPEN_RGB, "lips": _LIPS_RGB}
+    return {"skin": _SKIN.to(dev), "hair": _HAIR.to(dev), **{k: torch.tensor(v, device=dev) for k, v in rgb.items()}}
 # Painter's order, bottom up. Past the hair behind the face, it is also the order of PARTS.
 _LAYERS = ["hair", "skin", "hair", "left_eye", "right_eye", "brows", "nose", "mouth", "glasses"]
 
@@ -126,7 +134,9 @@ class SynthFaces(torch.utils.data.Dataset):
     def _geometry(self, idx, dev):
         """Everything about the faces `idx` but their pixels: each shape as planes (see _Planes) with the per-face
         numbers that turn them into coverage, and the colours of the layers. Small: a few hundred floats a face."""
-        p = {k: v[idx].to(dev)[:, None] for k, v in self.params.items()}  # [N, 1]
+        # One copy to the device, not one per parameter: each copy from pageable memory waits for the GPU.
+        table = torch.stack([v[idx] for v in self.params.values()], 1).to(dev)
+        p = {k: table[:, i:i + 1] for i, k in enumerate(self.params)}  # [N, 1] each
         N, S = len(idx), self.size
         frame = (p["cx"], p["cy"], torch.cos(p["angle"]) / p["scale"], torch.sin(p["angle"]) / p["scale"])
         # Coverage is a ramp of the signed distance to a shape's edge; `gain` turns face units into ramp units.
@@ -174,14 +184,15 @@ class SynthFaces(torch.utils.data.Dataset):
         out["light"] = _Planes(zero - 0.15, zero - 0.09, 0.15 * p["cx"] + 0.09 * p["cy"])
 
         # Colours, one per layer over the background, as 2 rgb - 1 (the images' range).
-        skin = _lerp_palette(_SKIN.to(dev), p["skin_tone"][:, 0])
-        hair = _lerp_palette(_HAIR.to(dev), p["hair_color"][:, 0])
+        colours = _colours_on(dev)
+        skin = _lerp_palette(colours["skin"], p["skin_tone"][:, 0])
+        hair = _lerp_palette(colours["hair"], p["hair_color"][:, 0])
         hue = p["bg_hue"][:, 0] * 2 * math.pi
         bg = (p["bg_light"] + torch.stack([torch.cos(hue), torch.cos(hue - 2.09), torch.cos(hue + 2.09)], 1) * 0.25)
-        rgb = lambda c: torch.tensor(c, device=dev).expand(N, 3)  # noqa: E731
-        mouth = torch.where(p["mouth_open"] > 0.5, rgb(_MOUTH_OPEN_RGB), rgb(_LIPS_RGB))
-        layers = [bg.clamp(0, 1), hair, skin, hair, rgb(_EYE_RGB), rgb(_EYE_RGB), hair * 0.6, skin * 0.8, mouth,
-                  rgb(_GLASSES_RGB)]
+        rgb = lambda name: colours[name].expand(N, 3)  # noqa: E731
+        mouth = torch.where(p["mouth_open"] > 0.5, rgb("mouth_open"), rgb("lips"))
+        layers = [bg.clamp(0, 1), hair, skin, hair, rgb("eye"), rgb("eye"), hair * 0.6, skin * 0.8, mouth,
+                  rgb("glasses")]
         out["colours"] = torch.stack(layers, 1) * 2 - 1  # [N, 1 + len(_LAYERS), 3]
         out["skin_light"] = skin * 2
         return out
