@@ -6,8 +6,8 @@
 // the latency of their loads, so the tiles are sized for occupancy as much as for reuse (the tile sizes below
 // were measured on an H100: bench/results/README.md, session 14). Scratch is O(B*C*K) (fbar, S), never
 // [B, M, C, K]. Reductions go through fixed-order partials, never float atomics, so results are run-to-run
-// identical. Group ids outside [0, C) raise a device-side assert (the CUDA form of the
-// CPU's exact range check, which would need a host sync here) and are never used to index memory.
+// identical. Group ids outside [0, C) raise a device-side assert (the CUDA form of the CPU's exact range check,
+// which would need a host sync here) and are never used to index memory.
 //
 //   forward (with or without stats): inverse_sizes, group_means (fbar), group_sums (split over j) + reduce
 //             (S = sum_j W f / n_c, and each block's share of g = sum_{c,k} fbar * sum_j W f), sum of the shares
@@ -304,7 +304,8 @@ void launch_stats(const at::Tensor& f, const at::Tensor& W, const at::Tensor& gr
 // its two products (df and dW).
 std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_cuda(const at::Tensor& f_in, const at::Tensor& W_in,
                                                                 const at::Tensor& groups_in) {
-  const EnergyShape s = check_group_energy_args("group_energy_with_stats", f_in, W_in, groups_in);
+  // named as the op users call (autograd's forward is this one), as on the CPU
+  const EnergyShape s = check_group_energy_args("group_energy", f_in, W_in, groups_in);
   const c10::cuda::OptionalCUDAGuard guard(f_in.device());
   const auto f = as_bmk(f_in, s);
   const auto W = W_in.contiguous();
