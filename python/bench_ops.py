@@ -133,6 +133,22 @@ def energy_einsum(f, W, groups):
     return torch.einsum("jck,bjk,bck->b", W, fk, fbar)
 
 
+def with_cuda_products(kernels, fn):
+    """fn with the CUDA products' kernels set to `kernels` (INTERPGAN_CUDA_PRODUCTS) for the call: the candidate
+    staged kernels are timed beside the default ones. Costs two environment writes a call (~µs)."""
+    def call(*args):
+        old = os.environ.get("INTERPGAN_CUDA_PRODUCTS")
+        os.environ["INTERPGAN_CUDA_PRODUCTS"] = kernels
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ["INTERPGAN_CUDA_PRODUCTS"]
+            else:
+                os.environ["INTERPGAN_CUDA_PRODUCTS"] = old
+    return call
+
+
 def bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_broadcast_bytes):
     B, M, H, Wd, C = shape
     K = H * Wd
@@ -144,6 +160,9 @@ def bench_group_energy(shape, device, reps, peak_bw, peak_flops, skip_broadcast_
         sets.append((f, W, torch.randint(0, C, (M,), device=device)))
     compiled = torch.compile(energy_einsum, dynamic=False)
     versions = {"fused": ig.ops.group_energy, "einsum": energy_einsum, "compiled_einsum": compiled}
+    if device.type == "cuda" and ig._backend.has_cuda_kernels():
+        # the candidate kernels; a speed-up of fused under 1 over them means they are the faster
+        versions["fused_staged"] = with_cuda_products("staged", ig.ops.group_energy)
     if B * M * C * K * 4 <= skip_broadcast_bytes:
         versions["eager_broadcast"] = energy_broadcast
     elem = 4

@@ -18,6 +18,9 @@ for tool in memcheck racecheck; do
   echo "compute-sanitizer $tool: exit $? ($(tail -1 "$OUT/sanitizer_$tool.log"))"
 done
 python3 python/profile_ops.py > "$OUT/profile_ops.txt" 2>&1; head -30 "$OUT/profile_ops.txt"
+# the candidate product kernels (csrc/cuda/group_energy_kernels.cuh, staged_product_kernel)
+INTERPGAN_CUDA_PRODUCTS=staged python3 python/profile_ops.py > "$OUT/profile_ops_staged.txt" 2>&1
+head -16 "$OUT/profile_ops_staged.txt"
 python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee "$OUT/bench_ops.log" | tail -12
 # Training throughput at the GPU job's size (64 px, width 64, batch 64). The profiler's top-op tables are kept; its
 # chrome traces (tens of MB) stay in /tmp/train_trace.

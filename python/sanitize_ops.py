@@ -3,6 +3,8 @@
     compute-sanitizer --tool memcheck  python python/sanitize_ops.py
     compute-sanitizer --tool racecheck python python/sanitize_ops.py
 """
+import os
+
 import torch
 
 import interpgan_ext as ig
@@ -23,8 +25,13 @@ def main():
             gg = torch.randn(B, device=dev, dtype=dtype)
             with torch.no_grad():
                 ig.ops.group_energy(f, Wt, q)
-                for mask in ([True, True], [True, False], [False, True]):  # the backward recomputing the stats
-                    torch.ops.interpgan.group_energy_backward(gg, f, Wt, q, None, mask)
+                for kernels in ("direct", "staged"):  # both sets of product kernels (INTERPGAN_CUDA_PRODUCTS)
+                    os.environ["INTERPGAN_CUDA_PRODUCTS"] = kernels
+                    _, stats = torch.ops.interpgan.group_energy_with_stats(f, Wt, q)
+                    for mask in ([True, True], [True, False], [False, True]):  # with the stats, and recomputing
+                        torch.ops.interpgan.group_energy_backward(gg, f, Wt, q, stats, mask)
+                        torch.ops.interpgan.group_energy_backward(gg, f, Wt, q, None, mask)
+                os.environ.pop("INTERPGAN_CUDA_PRODUCTS")
         z = torch.randn(5, 7, device=dev, dtype=dtype)
         ig.ops.langevin_step(z, torch.randn_like(z), 0.1, drift_clip=1.0, generator=gen)
         ig.ops.langevin_step(z, torch.randn_like(z), 0.1, out=z)

@@ -118,3 +118,25 @@ def test_graph_replays_compute_what_the_calls_compute(monkeypatch):
         torch.cuda.synchronize()
         for got, want in zip(captured[i % 3], expected[i % 3]):
             torch.testing.assert_close(got, want)
+
+
+def test_staged_version_sets_the_kernel_choice_for_its_call_only(monkeypatch):
+    # bench_ops times the staged CUDA products beside the default ones by setting INTERPGAN_CUDA_PRODUCTS around
+    # each call; the caller's own setting (or its absence) must be back afterwards, also when the call raises.
+    bench = load_bench(monkeypatch, {"now": 0.0})
+    seen = []
+    call = bench.with_cuda_products("staged", lambda x: seen.append((x, os.environ.get("INTERPGAN_CUDA_PRODUCTS"))))
+    monkeypatch.delenv("INTERPGAN_CUDA_PRODUCTS", raising=False)
+    call(1)
+    assert "INTERPGAN_CUDA_PRODUCTS" not in os.environ
+    monkeypatch.setenv("INTERPGAN_CUDA_PRODUCTS", "direct")
+    call(2)
+    assert os.environ["INTERPGAN_CUDA_PRODUCTS"] == "direct"
+    assert seen == [(1, "staged"), (2, "staged")]
+
+    def fails():
+        raise RuntimeError("kernel failed")
+
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        bench.with_cuda_products("staged", fails)()
+    assert os.environ["INTERPGAN_CUDA_PRODUCTS"] == "direct"

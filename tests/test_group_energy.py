@@ -33,6 +33,16 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["direct", "staged"] if torch.cuda.is_available() else ["direct"])
+def product_kernels(request, device, monkeypatch):
+    """On CUDA the products (group sums, df, dW) have two sets of kernels (INTERPGAN_CUDA_PRODUCTS): on a GPU the
+    tests that use them run with each. "direct" is the default; the CPU has one set."""
+    if request.param != "direct" and device != "cuda":
+        pytest.skip("the staged products are CUDA kernels")
+    monkeypatch.setenv("INTERPGAN_CUDA_PRODUCTS", request.param)
+    return request.param
+
+
 def make_inputs(B, M, H, Wd, C, device, dtype, w_dtype=None, empty_groups=True, gen=None):
     f = torch.randn(B, M, H, Wd, generator=gen).to(device=device, dtype=dtype)
     W = torch.randn(M, C, H * Wd, generator=gen).to(device=device, dtype=w_dtype or dtype)
@@ -55,7 +65,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_matches_float64_reference(shape, dtype, device, seeded):
+def test_forward_matches_float64_reference(shape, dtype, device, seeded, product_kernels):
     f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
     g = group_energy(f, W, groups)
     assert g.shape == (shape[0],) and g.dtype == dtype
@@ -64,7 +74,7 @@ def test_forward_matches_float64_reference(shape, dtype, device, seeded):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_backward_matches_float64_reference(shape, dtype, device, seeded):
+def test_backward_matches_float64_reference(shape, dtype, device, seeded, product_kernels):
     f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
     f.requires_grad_(True)
     W.requires_grad_(True)
@@ -100,7 +110,7 @@ def test_three_dim_input_equals_four_dim(device, seeded):
     assert torch.allclose(group_energy(f, W, groups), group_energy(f.flatten(2), W, groups))
 
 
-def test_non_contiguous_inputs(device, seeded):
+def test_non_contiguous_inputs(device, seeded, product_kernels):
     f_big = torch.randn(12, 6, 5, 4, generator=seeded, dtype=torch.float64).to(device)
     f = f_big.transpose(0, 1)[:, :, ::2]  # [6, 12, 3, 4], strided
     W = torch.randn(12, 9, 12, generator=seeded, dtype=torch.float64).to(device)[:, ::2]  # [12, 5, 12]
@@ -115,7 +125,7 @@ def test_non_contiguous_inputs(device, seeded):
     assert rel_err(df, rf) < 1e-10 and rel_err(dW, rW) < 1e-10
 
 
-def test_empty_group_contributes_nothing(device):
+def test_empty_group_contributes_nothing(device, product_kernels):
     f = torch.randn(3, 4, 2, 2, dtype=torch.float64, device=device)
     W = torch.randn(4, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     groups = torch.tensor([0, 0, 2, 2], device=device)  # group 1 is empty
@@ -127,7 +137,7 @@ def test_empty_group_contributes_nothing(device):
     assert torch.allclose(group_energy(f, W2, groups), g.detach())
 
 
-def test_half_precision_on_cpu_and_cuda(device, seeded):
+def test_half_precision_on_cpu_and_cuda(device, seeded, product_kernels):
     for dtype in (torch.float16, torch.bfloat16):
         for w_dtype in (dtype, torch.float32):
             f, W, groups = make_inputs(4, 12, 3, 3, 4, device, dtype, w_dtype=w_dtype, gen=seeded)
@@ -144,14 +154,14 @@ def test_reference_matches_brute_force(seeded):
     assert rel_err(group_energy_reference(f, W, groups), brute_force_energy(f, W, groups)) < 1e-12
 
 
-def test_gradcheck(device, seeded):
+def test_gradcheck(device, seeded, product_kernels):
     f, W, groups = make_inputs(3, 6, 2, 3, 4, device, torch.float64, gen=seeded)
     f.requires_grad_(True)
     W.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda f, W: group_energy(f, W, groups), (f, W))
 
 
-def test_nan_propagates(device):
+def test_nan_propagates(device, product_kernels):
     f = torch.randn(3, 5, 4, dtype=torch.float32, device=device)
     W = torch.randn(5, 2, 4, dtype=torch.float32, device=device)
     groups = torch.tensor([0, 1, 0, 1, 1], device=device)
@@ -164,7 +174,7 @@ needs_ext = pytest.mark.skipif(not _backend.has_extension(), reason="compiled ex
 
 
 @needs_ext
-def test_opcheck(device, seeded):
+def test_opcheck(device, seeded, product_kernels):
     f, W, groups = make_inputs(3, 7, 2, 3, 3, device, torch.float64, gen=seeded)
     torch.library.opcheck(torch.ops.interpgan.group_energy, (f, W, groups))
     torch.library.opcheck(torch.ops.interpgan.group_energy, (f.requires_grad_(True), W.requires_grad_(True), groups))
@@ -178,7 +188,7 @@ def test_opcheck(device, seeded):
 @needs_ext
 @pytest.mark.parametrize("shape", [(6, 33, 3, 5, 7), (12, 130, 10, 13, 5)])  # read in place; packed, with a tail
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_backward_from_saved_stats_equals_recomputed(shape, dtype, device, seeded):
+def test_backward_from_saved_stats_equals_recomputed(shape, dtype, device, seeded, product_kernels):
     # Autograd's forward saves the group means and sums; the backward given them must match one that recomputes.
     f, W, groups = make_inputs(*shape, device, dtype, gen=seeded)
     g, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)
@@ -192,7 +202,7 @@ def test_backward_from_saved_stats_equals_recomputed(shape, dtype, device, seede
 
 @needs_ext
 @pytest.mark.parametrize("shape", [(6, 33, 3, 5, 7), (12, 130, 10, 13, 5)])
-def test_backward_output_mask(shape, device, seeded):
+def test_backward_output_mask(shape, device, seeded, product_kernels):
     # A gradient left out of output_mask is not computed (None); the other is unchanged, with or without stats.
     f, W, groups = make_inputs(*shape, device, torch.float64, gen=seeded)
     gg = torch.randn(shape[0], generator=seeded, dtype=torch.float64).to(device)
@@ -209,7 +219,7 @@ def test_backward_output_mask(shape, device, seeded):
 
 
 @needs_ext
-def test_autograd_asks_only_for_the_gradients_it_needs(device, seeded):
+def test_autograd_asks_only_for_the_gradients_it_needs(device, seeded, product_kernels):
     # The sampler and L_real differentiate g in f only, L_cd in W only: each must get the same values as both.
     f, W, groups = make_inputs(5, 40, 4, 4, 6, device, torch.float64, gen=seeded)
     f.requires_grad_(True)
@@ -222,7 +232,7 @@ def test_autograd_asks_only_for_the_gradients_it_needs(device, seeded):
 
 
 @needs_ext
-def test_backward_reads_grad_out_through_its_strides_and_dtype(device, seeded):
+def test_backward_reads_grad_out_through_its_strides_and_dtype(device, seeded, product_kernels):
     # Autograd hands the gradient of g.sum() as a stride-0 expansion; the kernels read it in place, and any
     # floating dtype, not only a contiguous copy in the compute dtype.
     f, W, groups = make_inputs(6, 33, 3, 5, 7, device, torch.float32, gen=seeded)
@@ -289,6 +299,18 @@ def test_direct_op_call_checks_inputs():
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 4), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="expected W of shape"):
         torch.ops.interpgan.group_energy(f, torch.randn(3, 2, 5), torch.tensor([0, 1, 1]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_products_choice_is_checked(monkeypatch):
+    f, W, groups = make_inputs(2, 5, 2, 2, 3, "cuda", torch.float32)
+    gg = torch.ones(2, device="cuda")
+    monkeypatch.setenv("INTERPGAN_CUDA_PRODUCTS", "fastest")
+    for call in (lambda: torch.ops.interpgan.group_energy(f, W, groups),
+                 lambda: torch.ops.interpgan.group_energy_backward(gg, f, W, groups)):
+        with pytest.raises(RuntimeError, match="INTERPGAN_CUDA_PRODUCTS must be 'direct' or 'staged', got 'fastest'"):
+            call()
 
 
 @needs_ext
