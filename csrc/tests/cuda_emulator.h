@@ -9,7 +9,8 @@
 // What it checks: the kernels' index arithmetic, bounds (build the test with AddressSanitizer: an access outside a
 // buffer or a shared array is reported, like compute-sanitizer's memcheck) and synchronisation (with
 // ThreadSanitizer, two threads touching the same shared word between barriers are reported, like racecheck).
-// What it cannot: timing, occupancy, register limits, and warp-synchronous code without __syncwarp.
+// What it cannot: timing, occupancy, register limits, warp-synchronous code without __syncwarp, and races between
+// blocks (they run one after another; two blocks writing one output show only as a wrong value).
 //
 // Include it before the kernels' header, in a host-only translation unit.
 #pragma once
