@@ -151,6 +151,8 @@ def info() -> BuildInfo:
         if _C.with_cuda:
             out["ext_cuda_version"] = f"{_C.cuda_version // 1000}.{(_C.cuda_version % 1000) // 10}"
             out["ext_cuda_archs"] = _C.cuda_archs
+            # group_energy's product kernels on CUDA: the measured default, or the staged candidates (README)
+            out["ext_cuda_products"] = os.environ.get("INTERPGAN_CUDA_PRODUCTS") or "direct"
     if _mismatch:
         out["warning"] = _mismatch
     return out

@@ -23,6 +23,17 @@ def test_info_fields():
     assert "backend" in str(info)
 
 
+def test_info_says_which_cuda_product_kernels_run(monkeypatch):
+    class CudaBuild:
+        torch_version, cpu_parallel, with_cuda, cuda_version, cuda_archs = "2.14.1", "OpenMP", True, 13000, "9.0"
+
+    monkeypatch.setattr(ig._backend, "_C", CudaBuild())
+    monkeypatch.delenv("INTERPGAN_CUDA_PRODUCTS", raising=False)
+    assert ig.info()["ext_cuda_products"] == "direct"
+    monkeypatch.setenv("INTERPGAN_CUDA_PRODUCTS", "staged")
+    assert ig.info()["ext_cuda_products"] == "staged"
+
+
 @pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
 def test_cpu_kernels_are_built_parallel_where_torch_uses_openmp():
     # Built without -fopenmp, at::parallel_for compiles to a plain loop and the CPU kernels silently use one core.
