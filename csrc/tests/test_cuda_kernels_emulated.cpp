@@ -189,6 +189,7 @@ int main() {
       {"C = M, K = 1", {33, 9, 9, 1}},
       {"one of everything", {1, 1, 1, 33}},
       {"several group blocks", {6, 70, 20, 64}},
+      {"groups over a shared chunk", {3, 50, 40, 20}},  // group_means sums 32 (float) or 16 groups at a time
   };
   uint32_t seed = 1;
   for (const auto& [name, s] : shapes) {
