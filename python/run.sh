@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's commands. Each sets up what it needs on a fresh machine (idempotent), then runs:
 #   bash python/run.sh train [interpgan train options]   the main job: train on the embedded SynthFaces
-#   bash python/run.sh test                              the test suite (pytest, then the C++ ctest)
+#   bash python/run.sh test                              the test suite (pytest, then the C++ ctests)
 #   bash python/run.sh bench                             op benchmarks (python/bench_ops.py)
 #   bash python/run.sh bench-train                       training throughput and its profile (python/bench_train.py)
 #   bash python/run.sh sanitize                          the op tests against an ASan/UBSan build of the CPU kernels
@@ -58,7 +58,7 @@ setup() {
 }
 
 ctest_cpu() {
-  echo "== C++ test of the CPU kernels (CMake + ctest)"
+  echo "== C++ tests (CMake + ctest): the CPU kernels, and the CUDA kernels' code emulated on the CPU (ASan, TSan)"
   local prefix
   prefix=$(python -c "import torch; print(torch.utils.cmake_prefix_path)")
   TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$(command -v python)" \
