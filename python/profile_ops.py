@@ -1,6 +1,7 @@
 """Per-kernel profile of the fused ops (torch.profiler), to see where an op's time goes.
 
     python python/profile_ops.py [--device cuda] [--shape 64 512 16 16 24]
+    INTERPGAN_CUDA_PRODUCTS=staged python python/profile_ops.py      # the candidate CUDA product kernels
 """
 import argparse
 import os
