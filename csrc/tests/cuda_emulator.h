@@ -56,7 +56,9 @@ struct Warp {
 };
 
 struct Block {
-  Block(std::ptrdiff_t threads, size_t dynamic_bytes) : barrier(threads), dynamic(dynamic_bytes) {
+  // Dynamic shared memory starts as garbage, as on a GPU (0xA5 bytes), so that a kernel reading it before writing
+  // it gets wrong results here too.
+  Block(std::ptrdiff_t threads, size_t dynamic_bytes) : barrier(threads), dynamic(dynamic_bytes, 0xA5) {
     for (std::ptrdiff_t first = 0; first < threads; first += kWarpSize)
       warps.push_back(std::make_unique<Warp>(std::min<std::ptrdiff_t>(kWarpSize, threads - first)));
   }
