@@ -1,6 +1,8 @@
 // The Python module interpgan_ext._C: importing it registers the ops (ops.cpp); it also reports how it was built.
 #include <torch/extension.h>
 
+#include "cpu/buffer_cache.h"
+
 #ifdef INTERPGAN_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -30,4 +32,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("cpu_parallel") = py::none();
 #endif
+  m.def(
+      "cpu_cache_stats",
+      [] {
+        const auto s = interpgan::buffer_cache::stats();
+        py::dict d;
+        d["cached_bytes"] = s.cached_bytes;
+        d["cached_blocks"] = s.cached_blocks;
+        d["in_use_bytes"] = s.in_use_bytes;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["limit_bytes"] = s.limit_bytes;
+        return d;
+      },
+      "The CPU buffer cache of the ops' large outputs (csrc/cpu/buffer_cache.h).");
+  m.def("empty_cpu_cache", &interpgan::buffer_cache::release_cached,
+        "Frees the cached CPU buffers that no tensor uses.");
 }

@@ -147,6 +147,8 @@ def info() -> BuildInfo:
     if _C is not None:
         out["ext_built_with_torch"] = _C.torch_version
         out["ext_cpu_parallel"] = getattr(_C, "cpu_parallel", None) or "none: one thread"
+        if hasattr(_C, "cpu_cache_stats"):  # builds before the cache lack it
+            out["ext_cpu_cache_mb"] = _C.cpu_cache_stats()["limit_bytes"] >> 20  # INTERPGAN_CPU_CACHE_MB; 0 = off
         out["ext_cuda_kernels"] = bool(_C.with_cuda)
         if _C.with_cuda:
             out["ext_cuda_version"] = f"{_C.cuda_version // 1000}.{(_C.cuda_version % 1000) // 10}"

@@ -9,10 +9,14 @@
 // and the forward can save those for the backward (group_energy_with_stats).
 #include "../checks.h"
 #include "../ops.h"
+#include "buffer_cache.h"
 
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <vector>
 
 // A portable build (no -march) still gets AVX2+FMA code where the CPU has it: GCC compiles the tile
@@ -122,6 +126,7 @@ IG_INLINE void block_row(int64_t i, int64_t n2, const Body& body) {
   if (n2 - j == 2) body.template block<R, 2>(i, j);
   else if (n2 - j == 1) body.template block<R, 1>(i, j);
 }
+// Blocks run row by row, each row from column 0 (WeightGradBody relies on it).
 template <typename Body>
 IG_INLINE void for_blocks(int64_t n1, int64_t n2, const Body& body) {
   int64_t i = 0;
@@ -188,7 +193,7 @@ struct GroupSumsBody {
 // for zero-filling and page faults every time; they are reused across the calls of a training loop. They hold
 // scalars: std::vector<Vec> would instantiate library code shared by the AVX2 and portable clones, which pass
 // 256-bit vectors differently (an ABI mismatch that crashed).
-enum ScratchSlot { kPackedF, kPackedW, kPackedDW, kTileStats, kNumSlots };
+enum ScratchSlot { kPackedF, kPackedW, kPackedDW, kTileStats, kSlab, kNumSlots };
 template <typename T>
 T* scratch(ScratchSlot slot, int64_t n) {
   thread_local std::vector<T> buffers[kNumSlots];
@@ -214,6 +219,10 @@ IG_INLINE void forward_tile(const Problem<T>& p, int64_t k0, int64_t b0, int64_t
   V* local = out.fbar ? nullptr : reinterpret_cast<V*>(scratch<T>(kTileStats, 2 * nb * p.C * KT));
   V* fbar = out.fbar ? reinterpret_cast<V*>(out.fbar) : local;
   V* S = out.S ? reinterpret_cast<V*>(out.S) : local + nb * p.C;
+  if (p.K == KT) {  // a packed tile: its samples' rows are one run, which group_means reads in group order
+    const T* run = p.f + b0 * p.M * KT;
+    for (int64_t i = 0; i < nb * p.M * KT; i += 64 / sizeof(T)) __builtin_prefetch(run + i);
+  }
   group_means<T, KT>(p, b0, b1, k0, fbar);
   for_blocks(nb, p.C, GroupSumsBody<T, KT>{p, S, k0, b0});
   for (int64_t b = 0; b < nb; ++b) {
@@ -245,17 +254,26 @@ struct InputGradBody {
 };
 
 // dW[j, c] = sum_b f[b, j] fbar_g[b, c], with fbar_g = gg * fbar.
+// The sum runs over samples, whose rows of f are M * K apart: 16 KB at 512 filters, so the R filters' 64 samples
+// all fall into the same two L1 sets and were fetched from L2 again for every block of groups. The first block of
+// each row of blocks (c = 0) copies them into `slab`, [B, R] contiguous, which the row's other blocks read too.
 template <typename T, int KT>
 struct WeightGradBody {
   const Problem<T>& p;
   const Vec<T, KT>* fbar_g;  // [B, C]
   T* dW;
   int64_t k0, ldo, ko;
+  T* slab;  // kBlockR * B vectors
   template <int R, int Q>
   IG_INLINE void block(int64_t j, int64_t c) const {
-    Vec<T, KT> acc[R][Q];
-    product_block<T, KT, R, Q>(p.f + j * p.K + k0, p.K, p.M * p.K, reinterpret_cast<const T*>(fbar_g + c), KT,
-                               p.C * KT, p.B, acc);
+    using V = Vec<T, KT>;
+    if (c == 0) {
+      for (int64_t b = 0; b < p.B; ++b)
+        IG_UNROLL for (int r = 0; r < R; ++r)
+          vstore(slab + (b * R + r) * KT, vload<V>(p.f + (b * p.M + j + r) * p.K + k0));
+    }
+    V acc[R][Q];
+    product_block<T, KT, R, Q>(slab, KT, R * KT, reinterpret_cast<const T*>(fbar_g + c), KT, p.C * KT, p.B, acc);
     IG_UNROLL for (int r = 0; r < R; ++r)
       IG_UNROLL for (int q = 0; q < Q; ++q) vstore(dW + ((j + r) * p.C + c + q) * ldo + ko, acc[r][q]);
   }
@@ -290,7 +308,10 @@ IG_INLINE void backward_tile(const Problem<T>& p, const T* gg, int64_t k0, TileS
       if (out.df != nullptr) S[i] = vload<V>(saved.S + i * KT) * gg[b];
     }
   }
-  if (out.dW != nullptr) for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko});
+  if (out.dW != nullptr) {
+    T* slab = scratch<T>(kSlab, kBlockR * p.B * KT);
+    for_blocks(p.M, p.C, WeightGradBody<T, KT>{p, fbar, out.dW, k0, out.ldo, out.ko, slab});
+  }
   if (out.df != nullptr) for_blocks(p.B, p.M, InputGradBody<T, KT>{p, fbar, S, out.df, k0, out.ldo, out.ko});
 }
 
@@ -329,6 +350,22 @@ IG_TILE_ENTRY_POINTS(double, f64)
 // written as 32 sequential runs, so both sides move whole cache lines and few pages at a time (row by row
 // thrashes the TLB, tile by tile reads each line twice). KT is a compile-time constant so that each copy is one
 // register-wide move, not a library call.
+// One tile row into the packed buffer with non-temporal stores: the buffer is larger than the caches, so a plain
+// store would first read each line it writes (write-allocate), a third more memory traffic.
+#if defined(__SSE2__)
+template <typename T, int KT>
+IG_INLINE void stream_copy(T* dst, const T* src) {
+  static_assert(KT * sizeof(T) % 16 == 0, "whole 16-byte stores");
+  for (int i = 0; i < int(KT * sizeof(T) / 16); ++i)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst) + i, _mm_loadu_si128(reinterpret_cast<const __m128i*>(src) + i));
+}
+inline void stream_fence() { _mm_sfence(); }  // the stores are weakly ordered: visible before the threads join
+#else
+template <typename T, int KT>
+IG_INLINE void stream_copy(T* dst, const T* src) { std::memcpy(dst, src, KT * sizeof(T)); }
+inline void stream_fence() {}
+#endif
+
 template <typename T, int KT, bool kToPacked>
 void copy_tiles(T* rowmajor, int64_t rows, int64_t K, int64_t n_tiles, T* packed) {
   constexpr int64_t kRowBlock = 64;
@@ -339,11 +376,12 @@ void copy_tiles(T* rowmajor, int64_t rows, int64_t K, int64_t n_tiles, T* packed
         T* tile = packed + (t * rows + r0) * KT;
         T* row = rowmajor + r0 * K + t * KT;
         for (int64_t r = 0; r < n; ++r) {
-          if constexpr (kToPacked) std::memcpy(tile + r * KT, row + r * K, KT * sizeof(T));
+          if constexpr (kToPacked) stream_copy<T, KT>(tile + r * KT, row + r * K);
           else std::memcpy(row + r * K, tile + r * KT, KT * sizeof(T));
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -386,6 +424,8 @@ Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tens
 constexpr int64_t kPackBytes = 1 << 20;
 
 // Where the kernels read tile t from: the tile-major packed copies of f and W, or the inputs themselves.
+// An operand the caller will not read is not copied (a backward with saved statistics reads f for dW only and
+// W for df only); its packed buffer is still there, for the caller to write a tile-major output into.
 template <typename T>
 struct TileSource {
   const Problem<T>& p;
@@ -393,12 +433,13 @@ struct TileSource {
   T* f_packed = nullptr;
   T* W_packed = nullptr;
 
-  TileSource(const Problem<T>& p_, const Tiling& tiles_) : p(p_), tiles(tiles_) {
+  TileSource(const Problem<T>& p_, const Tiling& tiles_, bool reads_f = true, bool reads_W = true)
+      : p(p_), tiles(tiles_) {
     if ((p.B + p.C) * p.M * p.K * int64_t(sizeof(T)) <= kPackBytes) return;
     f_packed = scratch<T>(kPackedF, tiles.full * tiles.KT * p.B * p.M);
     W_packed = scratch<T>(kPackedW, tiles.full * tiles.KT * p.M * p.C);
-    copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.f), p.B * p.M, p.K, tiles.full, f_packed);
-    copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.W), p.M * p.C, p.K, tiles.full, W_packed);
+    if (reads_f) copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.f), p.B * p.M, p.K, tiles.full, f_packed);
+    if (reads_W) copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.W), p.M * p.C, p.K, tiles.full, W_packed);
   }
 
   // The problem to run tile t on, with the tile's first position in it (k0) and its width.
@@ -457,7 +498,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const 
   at::Tensor stats;
   if (save_stats) {
     const int64_t n = 2 * s.B * s.C * s.K;
-    stats = nothing ? at::zeros({n}, f.options()) : at::empty({n}, f.options());
+    stats = nothing ? at::zeros({n}, f.options()) : buffer_cache::empty({n}, ct);
   }
   std::vector<double> g(s.B, 0.0);
   if (!nothing) {
@@ -520,10 +561,10 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   const auto W = in_dtype(W_in.contiguous(), ct);
   const auto [want_df, want_dW] = output_mask;
   // Every element of df and dW is written below (fresh zeroed memory would cost a second pass), except dW
-  // when there are no samples.
+  // when there are no samples. They come from the buffer cache: a training loop asks for the same sizes again.
   at::Tensor df, dW;
-  if (want_df) df = at::empty({s.B, s.M, s.K}, f.options());
-  if (want_dW) dW = s.B == 0 ? at::zeros({s.M, s.C, s.K}, W.options()) : at::empty({s.M, s.C, s.K}, W.options());
+  if (want_df) df = buffer_cache::empty({s.B, s.M, s.K}, ct);
+  if (want_dW) dW = s.B == 0 ? at::zeros({s.M, s.C, s.K}, W.options()) : buffer_cache::empty({s.M, s.C, s.K}, ct);
   if (s.B > 0 && s.K > 0 && s.M > 0 && (want_df || want_dW)) {
     AT_DISPATCH_FLOATING_TYPES(ct, "group_energy_backward_cpu", [&] {
       const GroupSizes<scalar_t> sizes(groups, s.C);
@@ -534,10 +575,11 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       const std::vector<scalar_t> gg = grad_values<scalar_t>(grad_out);
       const scalar_t* gg_p = gg.data();
       scalar_t* stats_p = has_stats ? stats->data_ptr<scalar_t>() : nullptr;  // read only
-      const TileSource<scalar_t> source(p, tiles);
+      // f feeds dW and the recomputed statistics; W feeds df (and S, recomputed for df only).
+      const TileSource<scalar_t> source(p, tiles, want_dW || !has_stats, want_df);
       // Packed tiles write tile-major, then one blocked pass scatters both gradients: written in place, each
       // tile's 32-byte pieces are half cache lines a page apart (measured ~10 ms slower at [64, 512, 256]).
-      // df goes over the packed f, dW into a scratch of its own.
+      // df goes over the packed f (its buffer, when f was not copied), dW into a scratch of its own.
       const bool packed = source.f_packed != nullptr;
       scalar_t* dW_packed =
           packed && want_dW ? scratch<scalar_t>(kPackedDW, tiles.full * tiles.KT * s.M * s.C) : nullptr;

@@ -5,6 +5,7 @@
 #include "../checks.h"
 #include "../langevin_step.h"
 #include "../ops.h"
+#include "buffer_cache.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -51,7 +52,7 @@ void langevin_into(at::Tensor& out, const at::Tensor& z, const at::Tensor& grad,
   if (noise.has_value()) {
     eps = noise->contiguous();
   } else {
-    eps = at::empty(z.sizes(), z.options().memory_format(at::MemoryFormat::Contiguous));
+    eps = buffer_cache::empty(z.sizes(), z.scalar_type());  // a temporary: reused memory skips its page faults
     eps.normal_(0.0, 1.0, generator);  // the CPU generator (default when none), under its own lock
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "langevin_step_cpu", [&] {

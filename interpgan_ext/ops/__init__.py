@@ -1,4 +1,5 @@
 """Fused ops, each with its pure-PyTorch reference (`*_reference`) beside it."""
+from .cpu_cache import cpu_cache_stats, empty_cpu_cache
 from .group_energy import check_partition, group_energy, group_energy_reference, group_means
 from .langevin_step import langevin_step, langevin_step_reference
 
@@ -9,4 +10,6 @@ __all__ = [
     "check_partition",
     "langevin_step",
     "langevin_step_reference",
+    "cpu_cache_stats",
+    "empty_cpu_cache",
 ]
