@@ -343,15 +343,9 @@ IG_TILE_ENTRY_POINTS(float, f32)
 IG_TILE_ENTRY_POINTS(double, f64)
 #undef IG_TILE_ENTRY_POINTS
 
-// Copies between a [rows, K] array and its tile-major form: packed[t, row, :] = rowmajor[row, t*KT : (t+1)*KT]
-// for the full tiles. Inside a packed tile every row is contiguous, so a tile of W (M*C*KT values) streams from
-// L2 instead of touching a new cache line and page per (j, c): measured 6x faster on [64, 512, 256] x 24 groups.
-// The copy goes by blocks of rows: a block's row-major side (64 rows of K) stays in L1/L2 while its tiles are
-// written as 32 sequential runs, so both sides move whole cache lines and few pages at a time (row by row
-// thrashes the TLB, tile by tile reads each line twice). KT is a compile-time constant so that each copy is one
-// register-wide move, not a library call.
 // One tile row into the packed buffer with non-temporal stores: the buffer is larger than the caches, so a plain
-// store would first read each line it writes (write-allocate), a third more memory traffic.
+// store would first read each line it writes (write-allocate), a third more memory traffic. The destination must
+// be 16-byte aligned (copy_tiles checks).
 #if defined(__SSE2__)
 template <typename T, int KT>
 IG_INLINE void stream_copy(T* dst, const T* src) {
@@ -366,9 +360,17 @@ IG_INLINE void stream_copy(T* dst, const T* src) { std::memcpy(dst, src, KT * si
 inline void stream_fence() {}
 #endif
 
+// Copies between a [rows, K] array and its tile-major form: packed[t, row, :] = rowmajor[row, t*KT : (t+1)*KT]
+// for the full tiles. Inside a packed tile every row is contiguous, so a tile of W (M*C*KT values) streams from
+// L2 instead of touching a new cache line and page per (j, c): measured 6x faster on [64, 512, 256] x 24 groups.
+// The copy goes by blocks of rows: a block's row-major side (64 rows of K) stays in L1/L2 while its tiles are
+// written as 32 sequential runs, so both sides move whole cache lines and few pages at a time (row by row
+// thrashes the TLB, tile by tile reads each line twice). KT is a compile-time constant so that each copy is one
+// register-wide move, not a library call.
 template <typename T, int KT, bool kToPacked>
 void copy_tiles(T* rowmajor, int64_t rows, int64_t K, int64_t n_tiles, T* packed) {
   constexpr int64_t kRowBlock = 64;
+  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(packed) % 16 == 0, "packed tiles must be 16-byte aligned");
   at::parallel_for(0, (rows + kRowBlock - 1) / kRowBlock, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t r0 = block * kRowBlock, n = std::min(rows, r0 + kRowBlock) - r0;
