@@ -48,4 +48,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "The CPU buffer cache of the ops' large outputs (csrc/cpu/buffer_cache.h).");
   m.def("empty_cpu_cache", &interpgan::buffer_cache::release_cached,
         "Frees the cached CPU buffers that no tensor uses.");
+  m.def("_cpu_cache_hold_lock_for_testing", &interpgan::buffer_cache::hold_lock_for_testing,
+        "Tests only: a background thread holds the CPU buffer cache's lock for the given seconds.");
 }

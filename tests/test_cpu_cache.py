@@ -121,3 +121,36 @@ def test_cache_size_and_switch_come_from_the_environment():
     (limit, _, _, _), stderr = run_with_cache_mb("lots")
     assert limit == 1024 << 20
     assert "INTERPGAN_CPU_CACHE_MB must be a whole number" in stderr
+
+
+FORK_WHILE_LOCKED = """
+import os, sys, time, torch, interpgan_ext as ig
+from interpgan_ext import _backend
+z = torch.randn(1 << 20); grad = torch.randn_like(z)  # 4 MiB: the noise temporary comes from the cache
+ig.ops.langevin_step(z, grad, 0.1)
+_backend._C._cpu_cache_hold_lock_for_testing(1.0)  # another thread is inside the cache when we fork
+pid = os.fork()
+if pid == 0:
+    torch.set_num_threads(1)  # as DataLoader workers do: the parent's OpenMP threads are not in the child
+    ig.ops.langevin_step(z, grad, 0.1)
+    ig.ops.cpu_cache_stats()
+    os._exit(0)
+ig.ops.langevin_step(z, grad, 0.1)  # the parent goes on too
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        sys.exit(os.waitstatus_to_exitcode(status))
+    time.sleep(0.05)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print("the forked child hung on the buffer cache's lock")
+sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_holds_the_cache_lock_does_not_hang():
+    # fork() copies a locked mutex but not the thread that would unlock it.
+    out = subprocess.run([sys.executable, "-c", FORK_WHILE_LOCKED], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr

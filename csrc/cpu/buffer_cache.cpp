@@ -5,11 +5,16 @@
 
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
 
+#include <pthread.h>
+
+#include <chrono>
 #include <cstdlib>
+#include <future>
 #include <list>
 #include <mutex>
-#include <string>
+#include <thread>
 #include <vector>
 
 namespace interpgan {
@@ -111,8 +116,17 @@ class Cache {
     return {cached_, static_cast<int64_t>(free_.size()), in_use_, hits_, misses_, limit_};
   }
 
+  std::mutex& mutex() { return mutex_; }
+
  private:
-  Cache() : limit_(limit_from_env()) {}
+  // fork() copies the mutex as it is, but not the thread that may hold it: a child forked while another thread
+  // was inside the cache (a DataLoader worker, say) would wait forever on its first op. So fork waits for the
+  // mutex, and both processes release it after.
+  Cache() : limit_(limit_from_env()) {
+    const int status = pthread_atfork(
+        [] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); }, [] { instance().mutex_.unlock(); });
+    TORCH_CHECK(status == 0, "interpgan buffer cache: pthread_atfork failed with error ", status);
+  }
 
   std::mutex mutex_;
   std::list<Block> free_;  // most recently released first
@@ -124,9 +138,7 @@ class Cache {
 
 at::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   const auto options = at::TensorOptions().dtype(dtype).device(at::kCPU);
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;  // sizes come from checked inputs
-  const int64_t nbytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
+  const int64_t nbytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(dtype));
   Cache& cache = Cache::instance();
   if (nbytes < kMinBytes || cache.limit() == 0) return at::empty(sizes, options);
   const Block block = cache.take(nbytes);
@@ -137,6 +149,17 @@ at::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
 Stats stats() { return Cache::instance().stats(); }
 
 void release_cached() { Cache::instance().release_cached(); }
+
+void hold_lock_for_testing(double seconds) {
+  std::promise<void> locked;
+  std::future<void> is_locked = locked.get_future();
+  std::thread([seconds, locked = std::move(locked)]() mutable {
+    std::lock_guard<std::mutex> lock(Cache::instance().mutex());
+    locked.set_value();
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  }).detach();
+  is_locked.wait();
+}
 
 }  // namespace buffer_cache
 }  // namespace interpgan

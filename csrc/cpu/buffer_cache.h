@@ -32,5 +32,8 @@ Stats stats();
 // Frees every released buffer (like torch.cuda.empty_cache()); those in use return to the cache when released.
 void release_cached();
 
+// For tests: another thread holds the cache's lock for `seconds`; returns once it has it.
+void hold_lock_for_testing(double seconds);
+
 }  // namespace buffer_cache
 }  // namespace interpgan
