@@ -246,6 +246,61 @@ def test_backward_reads_grad_out_through_its_strides_and_dtype(device, seeded, p
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def reference_backward(gg, f, W, groups):
+    f64, W64 = f.detach().double().requires_grad_(True), W.detach().double().requires_grad_(True)
+    return torch.autograd.grad(brute_force_energy(f64, W64, groups), (f64, W64), gg.double())
+
+
+@needs_ext
+@pytest.mark.parametrize("mask", [[True, True], [True, False], [False, True]])
+@pytest.mark.parametrize("change", ["none", "W in place", "f through a view", "W another view of its storage",
+                                    "W freed"])
+def test_cpu_backward_reuses_packed_inputs_only_while_unchanged(change, mask, seeded):
+    # Given the forward's statistics, the CPU backward reuses the tile-major copies of f and W that the forward
+    # made on the same thread, while those tensors are unchanged (same storage, offset, shape, version). Whatever
+    # changed in between, it must give what it gives on fresh copies of its inputs, which it has to pack anew.
+    shape = (12, 130, 10, 13, 5)  # big enough to be packed
+    f, W, groups = make_inputs(*shape, "cpu", torch.float32, gen=seeded)
+    gg = torch.randn(shape[0], generator=seeded)
+    storage = torch.randn(2, *W.shape, generator=seeded)
+    if change == "W another view of its storage":
+        W = storage[0]
+    _, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)  # packs f and W
+    if change == "W in place":
+        W.mul_(-0.5)
+    elif change == "f through a view":
+        f[3].add_(1.0)  # bumps the version that f shares with its views
+    elif change == "W another view of its storage":
+        W = storage[1]  # same storage, same shape, another offset
+    elif change == "W freed":
+        W_shape, version = W.shape, W._version
+        del W
+        W = torch.randn(W_shape, generator=seeded)  # maybe in the freed W's memory, and at its version
+        assert W._version == version
+    got = torch.ops.interpgan.group_energy_backward(gg, f, W, groups, stats, mask)
+    expected = torch.ops.interpgan.group_energy_backward(gg, f.clone(), W.clone(), groups, stats, mask)
+    for a, b in zip(got, expected):
+        assert (a is None and b is None) or torch.equal(a, b)
+    if change == "none":
+        for a, b, wanted in zip(got, reference_backward(gg, f, W, groups), mask):
+            assert not wanted or rel_err(a, b) < 1e-5
+
+
+@needs_ext
+def test_cpu_backward_of_inference_tensors(seeded):
+    # Inference tensors keep no version counter, so their packed copies are never reused, and nothing fails.
+    shape = (12, 130, 10, 13, 5)
+    f, W, groups = make_inputs(*shape, "cpu", torch.float32, gen=seeded)
+    gg = torch.randn(shape[0], generator=seeded)
+    expected = reference_backward(gg, f, W, groups)
+    with torch.inference_mode():
+        fi, Wi = f.clone(), W.clone()
+        _, stats = torch.ops.interpgan.group_energy_with_stats(fi, Wi, groups)
+        for saved in (stats, None):
+            for a, b in zip(torch.ops.interpgan.group_energy_backward(gg, fi, Wi, groups, saved), expected):
+                assert rel_err(a, b) < 1e-5
+
+
 @needs_ext
 def test_concurrent_calls_from_threads_equal_serial_ones(device, seeded):
     # The CPU kernels keep packing buffers per calling thread and tile buffers per worker; torch.ops releases the

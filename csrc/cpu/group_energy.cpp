@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -425,9 +426,57 @@ Problem<T> make_problem(const at::Tensor& f, const at::Tensor& W, const at::Tens
 // Packing pays off once f and W outgrow the caches; below this many bytes the kernels read them in place.
 constexpr int64_t kPackBytes = 1 << 20;
 
+// Which tensor a packed buffer of the calling thread holds a copy of, so that a backward right after its forward
+// on the same thread (autograd runs CPU backwards on the calling thread) skips copying f and W again. A copy
+// matches while the caller's tensor is alive (a weak reference to its storage), is the same view of it, and has
+// not been written since (its version counter, shared with its views: in-place ops bump it). A write through
+// `.data` bumps no counter, so only a backward given the forward's statistics reuses a copy: it computes the
+// gradient at the forward's f and W, and the copies are those. Forwards always copy, so that a forward after a
+// `.data` update (manual SGD) never reads a stale W.
+class PackedOrigin {
+ public:
+  bool holds(const at::Tensor& t) const {
+    if (!storage_ || !t.defined() || t.is_inference()) return false;  // inference tensors keep no version counter
+    const auto alive = storage_->lock();
+    return alive && alive.get() == t.storage().unsafeGetStorageImpl() && t.storage_offset() == offset_ &&
+           t.sizes() == at::IntArrayRef(sizes_) && t.scalar_type() == dtype_ && version(t) == version_;
+  }
+  void set(const at::Tensor& t) {  // just copied t; an undefined t (a converted copy was packed) matches nothing
+    if (!t.defined() || t.is_inference()) return forget();
+    storage_.emplace(t.storage().getWeakStorageImpl());
+    offset_ = t.storage_offset();
+    sizes_ = t.sizes().vec();
+    dtype_ = t.scalar_type();
+    version_ = version(t);
+  }
+  void forget() { storage_.reset(); }
+
+ private:
+  static int64_t version(const at::Tensor& t) { return t.unsafeGetTensorImpl()->version_counter().current_version(); }
+  std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> storage_;
+  int64_t offset_ = 0, version_ = 0;
+  std::vector<int64_t> sizes_;
+  at::ScalarType dtype_ = at::kFloat;
+};
+
+template <typename T>
+PackedOrigin& packed_origin(ScratchSlot slot) {
+  thread_local PackedOrigin origins[kNumSlots];  // one per scratch<T>(slot) buffer
+  return origins[slot];
+}
+
+// The caller's tensor whose version counter stands for the data the kernels read (`used`, contiguous in the
+// compute dtype): the caller's own when the kernels read it as it is, else none (a converted or contiguous copy,
+// which no later call can name).
+inline at::Tensor origin_of(const at::Tensor& caller, const at::Tensor& used) {
+  return used.is_same(caller) ? caller : at::Tensor();
+}
+
 // Where the kernels read tile t from: the tile-major packed copies of f and W, or the inputs themselves.
 // An operand the caller will not read is not copied (a backward with saved statistics reads f for dW only and
-// W for df only); its packed buffer is still there, for the caller to write a tile-major output into.
+// W for df only), nor, in a backward (`reuse`), one whose copy the forward left (PackedOrigin). A packed buffer
+// is there even when not copied, for the caller to write a tile-major output into (after overwrite_f()).
+// f_origin and W_origin: see origin_of.
 template <typename T>
 struct TileSource {
   const Problem<T>& p;
@@ -435,14 +484,15 @@ struct TileSource {
   T* f_packed = nullptr;
   T* W_packed = nullptr;
 
-  TileSource(const Problem<T>& p_, const Tiling& tiles_, bool reads_f = true, bool reads_W = true)
+  TileSource(const Problem<T>& p_, const Tiling& tiles_, const at::Tensor& f_origin, const at::Tensor& W_origin,
+             bool reads_f = true, bool reads_W = true, bool reuse = false)
       : p(p_), tiles(tiles_) {
     if ((p.B + p.C) * p.M * p.K * int64_t(sizeof(T)) <= kPackBytes) return;
-    f_packed = scratch<T>(kPackedF, tiles.full * tiles.KT * p.B * p.M);
-    W_packed = scratch<T>(kPackedW, tiles.full * tiles.KT * p.M * p.C);
-    if (reads_f) copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.f), p.B * p.M, p.K, tiles.full, f_packed);
-    if (reads_W) copy_tiles<T, kTile<T>, true>(const_cast<T*>(p.W), p.M * p.C, p.K, tiles.full, W_packed);
+    f_packed = pack(kPackedF, p.f, f_origin, p.B * p.M, reads_f, reuse);
+    W_packed = pack(kPackedW, p.W, W_origin, p.M * p.C, reads_W, reuse);
   }
+
+  void overwrite_f() const { packed_origin<T>(kPackedF).forget(); }
 
   // The problem to run tile t on, with the tile's first position in it (k0) and its width.
   Problem<T> problem(int64_t t, int64_t& k0, int64_t& width) const {
@@ -457,6 +507,17 @@ struct TileSource {
     pt.K = tiles.KT;
     k0 = 0;
     return pt;
+  }
+
+ private:
+  T* pack(ScratchSlot slot, const T* src, const at::Tensor& origin, int64_t rows, bool reads, bool reuse) const {
+    T* packed = scratch<T>(slot, tiles.full * tiles.KT * rows);
+    PackedOrigin& held = packed_origin<T>(slot);
+    if (reads && !(reuse && held.holds(origin))) {
+      copy_tiles<T, kTile<T>, true>(const_cast<T*>(src), rows, p.K, tiles.full, packed);
+      held.set(origin);
+    }
+    return packed;
   }
 };
 
@@ -514,7 +575,7 @@ std::tuple<at::Tensor, at::Tensor> energy_forward(const at::Tensor& f_in, const 
       const int64_t n_chunks = (s.B + chunk - 1) / chunk;
       std::vector<double> partial(tiles.count * s.B, 0.0);  // per tile, so tasks never share an accumulator
       double* part = partial.data();
-      const TileSource<scalar_t> source(p, tiles);
+      const TileSource<scalar_t> source(p, tiles, origin_of(f_in, f), origin_of(W_in, W));
       at::parallel_for(0, tiles.count * n_chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
           const int64_t t = task / n_chunks, b0 = (task % n_chunks) * chunk, b1 = std::min(s.B, b0 + chunk);
@@ -578,7 +639,9 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
       const scalar_t* gg_p = gg.data();
       scalar_t* stats_p = has_stats ? stats->data_ptr<scalar_t>() : nullptr;  // read only
       // f feeds dW and the recomputed statistics; W feeds df (and S, recomputed for df only).
-      const TileSource<scalar_t> source(p, tiles, want_dW || !has_stats, want_df);
+      const TileSource<scalar_t> source(p, tiles, origin_of(f_in, f), origin_of(W_in, W), want_dW || !has_stats,
+                                        want_df, /*reuse=*/has_stats);
+      if (want_df) source.overwrite_f();  // df is written over the packed f
       // Packed tiles write tile-major, then one blocked pass scatters both gradients: written in place, each
       // tile's 32-byte pieces are half cache lines a page apart (measured ~10 ms slower at [64, 512, 256]).
       // df goes over the packed f (its buffer, when f was not copied), dW into a scratch of its own.
