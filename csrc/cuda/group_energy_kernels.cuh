@@ -22,6 +22,9 @@
 #ifdef __CUDACC__
 #include <c10/macros/Macros.h>  // CUDA_KERNEL_ASSERT
 #define INTERPGAN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define INTERPGAN_LAUNCH_BOUNDS(threads, min_blocks) __launch_bounds__(threads, min_blocks)
+#else
+#define INTERPGAN_LAUNCH_BOUNDS(threads, min_blocks)
 #endif
 
 namespace interpgan {
@@ -252,11 +255,19 @@ __global__ void weight_grad_kernel(const scalar_t* __restrict__ f, const acc_t* 
 // A block owns kTileK positions, kRows * kStagedP of p (kStagedP per thread row), kStagedQ of q (all in each thread:
 // kStagedP x kStagedQ accumulators) and one of `splits` chunks of r, which it walks staged_chunk<acc_t>() at a time
 // (40 KB of tiles). The chunks' partial sums go to separate outputs (o_split apart), summed later in a fixed order.
+// Registers: `ptxas -v` (sm_90a, CUDA 13) gave 86-96 per thread in float, so 2 blocks per SM, and the 384 blocks
+// of the group sums and of dW at [64, 512, 16x16], C = 24 took 1.45 waves of an H100's 132 SMs. Bounded to 3 blocks
+// per SM: 80 registers, one wave, no spills with float operands (16 bytes with half W). Double gets no minimum (0,
+// as when the bound is left out): 128 registers, 2 blocks; a minimum of 2 made it spill. Not yet timed on a GPU.
 constexpr int kStagedP = 4;
 constexpr int kStagedQ = 8;
 template <typename acc_t>
 constexpr int staged_chunk() {
   return sizeof(acc_t) == 8 ? 4 : 8;
+}
+template <typename acc_t>
+constexpr int staged_min_blocks() {
+  return sizeof(acc_t) == 8 ? 0 : 3;
 }
 enum class StagedProduct { kGroupSums, kWeightGrad, kInputGrad };
 
@@ -267,10 +278,10 @@ struct StagedLayout {
 };
 
 template <StagedProduct kind, typename a_t, typename b_t, typename out_t, typename g_t, typename acc_t>
-__global__ void staged_product_kernel(const a_t* __restrict__ A, const b_t* __restrict__ B, StagedLayout L,
-                                      const g_t* __restrict__ gg, int64_t gg_stride,
-                                      const int64_t* __restrict__ groups, const acc_t* __restrict__ S,
-                                      out_t* __restrict__ out, int64_t C, int64_t K) {
+__global__ void INTERPGAN_LAUNCH_BOUNDS(kTileK * kRows, staged_min_blocks<acc_t>())
+    staged_product_kernel(const a_t* __restrict__ A, const b_t* __restrict__ B, StagedLayout L,
+                          const g_t* __restrict__ gg, int64_t gg_stride, const int64_t* __restrict__ groups,
+                          const acc_t* __restrict__ S, out_t* __restrict__ out, int64_t C, int64_t K) {
   constexpr int kChunk = staged_chunk<acc_t>();
   constexpr int kBlockP = kRows * kStagedP;
   static_assert(kStagedQ == kRows, "the B tile is loaded one q per thread row");
