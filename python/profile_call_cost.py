@@ -8,7 +8,7 @@ more than they do. This prints the median wall time of each piece, so that a cha
   - the forward through the autograd wrapper (it saves the statistics and builds the graph node);
   - torch.autograd.grad on a graph built once and retained (the engine, the backward op, Python);
   - the whole step as bench_ops.py times it: forward, .sum(), autograd.grad;
-  - the same step with a builtin (x * y).sum() of the same size: the cost every op pays, fused or not.
+  - the same step with a builtin (x * y).sum() over B values: the cost every op pays, fused or not.
 The pieces are timed with bench_ops.py's loop (interleaved rounds, so a slow spell of the machine hits them all).
 """
 import argparse
@@ -31,14 +31,15 @@ def call_costs(shape, reps=100, min_seconds=0.5):
     f = torch.randn(B, M, H, Wd, requires_grad=True)
     W = torch.randn(M, C, H * Wd, requires_grad=True)
     q = torch.randint(0, C, (M,))
-    fd, Wd_ = f.detach(), W.detach()
+    f_data, W_data = f.detach(), W.detach()  # the ops called directly take no part in autograd
     ops = torch.ops.interpgan
     pieces = {}
     if ig._backend.use_compiled(f):
-        _, stats = ops.group_energy_with_stats(fd, Wd_, q)
+        _, stats = ops.group_energy_with_stats(f_data, W_data, q)
         ones = torch.ones(B)
-        pieces["op: forward with statistics"] = lambda: ops.group_energy_with_stats(fd, Wd_, q)
-        pieces["op: backward (df and dW)"] = lambda: ops.group_energy_backward(ones, fd, Wd_, q, stats, [True, True])
+        pieces["op: forward with statistics"] = lambda: ops.group_energy_with_stats(f_data, W_data, q)
+        pieces["op: backward (df and dW)"] = lambda: ops.group_energy_backward(
+            ones, f_data, W_data, q, stats, [True, True])
     pieces["forward through autograd"] = lambda: ig.ops.group_energy(f, W, q)
     retained = ig.ops.group_energy(f, W, q).sum()
     pieces["autograd.grad, retained graph"] = lambda: torch.autograd.grad(retained, (f, W), retain_graph=True)
