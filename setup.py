@@ -101,7 +101,8 @@ def build_extensions():
     torch_version = torch.__version__.split("+")[0]
     define_macros = [("INTERPGAN_BUILT_WITH_TORCH", f'"{torch_version}"')]
     omp = openmp_flags(torch)
-    cxx_flags = ["-O3"] + omp  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    # -fno-math-errno (as torch builds itself): sqrt on vectors becomes one instruction (csrc/cpu/normal_noise.h).
+    cxx_flags = ["-O3", "-fno-math-errno"] + omp  # the C++ standard is the one torch.utils.cpp_extension picks
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs = []

@@ -90,13 +90,21 @@ def test_released_buffers_return_and_empty_cpu_cache_frees_them():
     assert ig.ops.cpu_cache_stats()["cached_bytes"] == 0 and ig.ops.cpu_cache_stats()["cached_blocks"] == 0
 
 
-def test_langevin_noise_from_a_reused_buffer_is_still_the_seeded_noise():
-    z = torch.randn(64, 512, 16)  # 2 MiB: the noise temporary comes from the cache
-    grad = torch.randn_like(z)
-    expected = ig.ops.langevin_step_reference(z, grad, 0.1, generator=torch.Generator().manual_seed(7))
-    for _ in range(2):  # the second call reuses the first's noise buffer
-        got = ig.ops.langevin_step(z, grad, 0.1, generator=torch.Generator().manual_seed(7))
-        torch.testing.assert_close(got, expected)
+def test_langevin_output_comes_from_the_cache_and_holds_the_update():
+    # A chain z = langevin_step(z, ...) frees a tensor of z's size every step; the next step's output reuses it.
+    gen = torch.Generator().manual_seed(3)
+    z, grad, eps = (torch.randn(64, 512, 16, generator=gen) for _ in range(3))  # 2 MiB each
+    want = ig.ops.langevin_step_reference(z, grad, 0.1, drift_clip=0.5, noise=eps)
+    hits = ig.ops.cpu_cache_stats()["hits"]
+    for _ in range(3):
+        got = ig.ops.langevin_step(z, grad, 0.1, drift_clip=0.5, noise=eps)
+        torch.testing.assert_close(got, want)
+        del got
+    assert ig.ops.cpu_cache_stats()["hits"] >= hits + 2
+    # in place on a non-contiguous z: the contiguous temporary comes from the cache too, and goes back
+    zt = z.clone().transpose(0, 1)
+    ig.ops.langevin_step(zt, grad.transpose(0, 1), 0.1, drift_clip=0.5, noise=eps.transpose(0, 1), out=zt)
+    torch.testing.assert_close(zt.transpose(0, 1), want)
 
 
 def run_with_cache_mb(value):
@@ -126,16 +134,18 @@ def test_cache_size_and_switch_come_from_the_environment():
 FORK_WHILE_LOCKED = """
 import os, sys, time, torch, interpgan_ext as ig
 from interpgan_ext import _backend
-z = torch.randn(1 << 20); grad = torch.randn_like(z)  # 4 MiB: the noise temporary comes from the cache
-ig.ops.langevin_step(z, grad, 0.1)
+f = torch.randn(4, 64, 4096, requires_grad=True); W = torch.randn(64, 3, 4096); q = torch.arange(64) % 3
+def step():  # df, 4 MiB, comes from the cache
+    torch.autograd.grad(ig.ops.group_energy(f, W, q).sum(), f)
+step()
 _backend._C._cpu_cache_hold_lock_for_testing(1.0)  # another thread is inside the cache when we fork
 pid = os.fork()
 if pid == 0:
     torch.set_num_threads(1)  # as DataLoader workers do: the parent's OpenMP threads are not in the child
-    ig.ops.langevin_step(z, grad, 0.1)
+    step()
     ig.ops.cpu_cache_stats()
     os._exit(0)
-ig.ops.langevin_step(z, grad, 0.1)  # the parent goes on too
+step()  # the parent goes on too
 deadline = time.monotonic() + 30
 while time.monotonic() < deadline:
     done, status = os.waitpid(pid, os.WNOHANG)

@@ -167,9 +167,67 @@ class TestBadInput:
             langevin_step(torch.zeros(3).cuda(), torch.zeros(3), 0.1)
 
 
-def test_cpu_op_matches_reference_on_the_same_seed():
-    """On the CPU the noise is torch's own normal stream, so the same seed gives the reference's result."""
-    z, grad = torch.randn(33, 7), torch.randn(33, 7)
+needs_cpu_ext = pytest.mark.skipif(not _backend.has_extension(), reason="the compiled CPU kernel is not loaded")
+
+
+def cpu_noise(shape, seed, dtype=torch.float32):
+    """The CPU op's noise alone: z' = z + step^2/2 (grad - pw z) + step eps with z = grad = 0, step = 1."""
+    z = torch.zeros(shape, dtype=dtype)
+    return langevin_step(z, z, 1.0, prior_weight=0.0, generator=torch.Generator().manual_seed(seed))
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_noise_is_a_function_of_the_seed_and_the_element(dtype):
+    """The CPU kernel draws in-kernel: one key from the generator per call, then element e's noise from (key, e).
+    So it does not depend on the number of threads, nor on the tensor's length or shape beyond e."""
+    n = 300_007  # several blocks of 2048 and parallel tasks, and a partial chunk at the end
+    ref = cpu_noise(n, 4, dtype)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = cpu_noise(n, 4, dtype)
+        torch.set_num_threads(2)
+        two_threads = cpu_noise(n, 4, dtype)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one_thread, ref) and torch.equal(two_threads, ref)
+    assert torch.equal(cpu_noise((7, 1_001), 4, dtype).flatten(), ref[:7_007])
+    assert torch.equal(cpu_noise(5, 4, dtype), ref[:5])
+    assert not torch.equal(cpu_noise(n, 5, dtype), ref)
+    # float16/bfloat16 draw in float32 and round
+    assert torch.equal(cpu_noise(1_000, 4, torch.bfloat16), cpu_noise(1_000, 4).bfloat16())
+
+
+@needs_cpu_ext
+def test_cpu_seeded_update_is_the_update_with_its_noise():
+    z, grad = torch.randn(33, 70), torch.randn(33, 70) * 3
+    eps = cpu_noise(z.shape, 5)
     got = langevin_step(z, grad, 0.2, drift_clip=1.0, generator=torch.Generator().manual_seed(5))
-    want = langevin_step_reference(z, grad, 0.2, 1.0, 1.0, generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(got, langevin_step(z, grad, 0.2, drift_clip=1.0, noise=eps))
+    assert torch.allclose(got, langevin_step_reference(z, grad, 0.2, 1.0, 1.0, noise=eps), atol=1e-6)
+    # one draw of the generator per call: the next call has other noise
+    gen = torch.Generator().manual_seed(5)
+    first, second = (langevin_step(torch.zeros(64), torch.zeros(64), 1.0, generator=gen) for _ in range(2))
+    assert not torch.equal(first, second)
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_noise_distribution(dtype):
+    """Kolmogorov-Smirnov against N(0, 1), the variance of every position in the kernel's chunk layout (element e
+    is lane e % 8 of a Philox block; a float block gives 4 values, a double block 2), and correlation at lags
+    1 to 32, which cover the lanes and the Box-Muller pairs."""
+    stats = pytest.importorskip("scipy.stats")
+    n = 1 << 21
+    eps = cpu_noise(n, 11, dtype).double()
+    assert stats.kstest(eps.numpy(), "norm").pvalue > 1e-3
+    chunk = 32 if dtype == torch.float32 else 16
+    per_position = eps.view(-1, chunk).var(dim=0)  # n / chunk samples each
+    assert (per_position - 1).abs().max().item() < 5 * math.sqrt(2 / (n / chunk))
+    centred = eps - eps.mean()
+    for lag in range(1, 33):
+        corr = (centred[:-lag] * centred[lag:]).mean().item() / centred.var().item()
+        assert abs(corr) < 5 / math.sqrt(n), lag
+    # both tails, as far as 2^21 samples reach: P(|x| > 4) = 6.3e-5 (132 expected)
+    assert 80 < (eps.abs() > 4).sum().item() < 190

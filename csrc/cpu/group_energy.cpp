@@ -10,6 +10,7 @@
 #include "../checks.h"
 #include "../ops.h"
 #include "buffer_cache.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <algorithm>
@@ -20,19 +21,10 @@
 #endif
 #include <vector>
 
-// A portable build (no -march) still gets AVX2+FMA code where the CPU has it: GCC compiles the tile
-// entry points twice and picks one at load time. The templates below are force-inlined into them.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(INTERPGAN_NO_MULTIVERSION)
-#define IG_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define IG_MULTIVERSION
-#endif
-#define IG_INLINE inline __attribute__((always_inline))
-// Register blocks are arrays indexed by constant loops: unrolled, they live in registers, not on the stack.
-#define IG_UNROLL _Pragma("GCC unroll 16")
-
 namespace interpgan {
 namespace cpu_energy {
+
+using namespace simd;
 
 template <typename T>
 struct Problem {
@@ -46,41 +38,6 @@ struct Problem {
   int64_t B, M, K, C;  // K is also the row stride of f and W: KT inside a packed tile
 };
 
-// A tile of KT positions is one GCC/Clang vector (256 bits: 8 floats or 4 doubles), so every multiply-add
-// below is a packed FMA in the AVX2 clone and two SSE ones in the portable clone; KT = 1 is the scalar tail.
-// The typedef lowers the vector's alignment to T's, so scalar buffers can hold vectors (see scratch).
-template <typename T, int KT>
-struct VecOf {
-  typedef T type __attribute__((vector_size(KT * sizeof(T)), aligned(sizeof(T))));
-};
-template <typename T>
-struct VecOf<T, 1> {
-  using type = T;
-};
-template <typename T, int KT>
-using Vec = typename VecOf<T, KT>::type;
-
-// Vector loads and stores through an under-aligned vector type. (std::memcpy here compiled to two 128-bit
-// loads, a store to the stack and a reload: a store-forwarding stall on every load, measured at 5x slower.)
-// The type is re-declared here because V, passed as a template argument, loses the lowered alignment.
-template <typename V, typename T>
-IG_INLINE V vload(const T* p) {
-  if constexpr (sizeof(V) == sizeof(T)) {
-    return *p;
-  } else {
-    typedef T U __attribute__((vector_size(sizeof(V)), aligned(sizeof(T))));
-    return *reinterpret_cast<const U*>(p);
-  }
-}
-template <typename V, typename T>
-IG_INLINE void vstore(T* p, const V& v) {
-  if constexpr (sizeof(V) == sizeof(T)) {
-    *p = v;
-  } else {
-    typedef T U __attribute__((vector_size(sizeof(V)), aligned(sizeof(T))));
-    *reinterpret_cast<U*>(p) = v;
-  }
-}
 // The sum of n lanes. It reads scalars: a vector type deduced as a template argument loses the lowered
 // alignment of Vec (GCC drops the attribute), and an aligned load of an 8-byte-aligned buffer crashes.
 template <typename T>

@@ -2,10 +2,11 @@
 
     z' = z + (step^2 / 2) * clip(grad - prior_weight * z) + step * eps,   eps ~ N(0, I)
 
-The compiled kernels live in csrc/cpu/langevin_step.cpp and csrc/cuda/langevin_step.cu. Both draw eps from the
-given torch.Generator (the default one when none), so a seeded generator replays. On the CPU that is torch's own
-normal stream, so the op equals the reference on the same seed. On CUDA it is Philox inside the kernel, a
-different stream: there only `noise=` makes the compiled op and the reference agree exactly.
+The compiled kernels live in csrc/cpu/langevin_step.cpp and csrc/cuda/langevin_step.cu. Both draw eps inside the
+kernel, with Philox, from the given torch.Generator (the default one when none), so a seeded generator replays.
+The CPU kernel takes one 64-bit key from the CPU generator per call (csrc/cpu/normal_noise.h), the CUDA kernel a
+Philox seed and offset from the CUDA generator. Neither is torch.randn's stream: only `noise=` makes the
+compiled op and the reference agree exactly.
 """
 from typing import Optional
 
