@@ -8,16 +8,7 @@
 #include <cstdlib>
 
 #include "ops.h"
-
-static int failures = 0;
-
-#define EXPECT(cond, what)                                  \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      std::printf("FAIL: %s (%s:%d)\n", what, __FILE__, __LINE__); \
-      ++failures;                                           \
-    }                                                       \
-  } while (0)
+#include "tests/expect.h"
 
 static double max_rel(const at::Tensor& a, const at::Tensor& b) {
   return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item<double>();

@@ -10,18 +10,9 @@
 
 #include "cpu/normal_noise.h"
 #include "cpu/normal_noise_kernel.h"
+#include "tests/expect.h"
 
 using namespace interpgan::normal_noise;
-
-static int failures = 0;
-
-#define EXPECT(cond, what)                                                      \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      std::printf("FAIL: %s (%s:%d)\n", what, __FILE__, __LINE__);              \
-      ++failures;                                                               \
-    }                                                                           \
-  } while (0)
 
 // The 4 words of every lane of the chunk at `counter` equal ATen's Philox4x32-10 at (key, offset = counter + lane).
 static void test_philox_matches_aten(uint64_t key, uint64_t counter) {
