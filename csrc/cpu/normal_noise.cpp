@@ -6,7 +6,7 @@
 namespace interpgan {
 namespace normal_noise {
 
-#if defined(IG_NOISE_HAS_AVX2)
+#if defined(IG_X86_AVX2_DISPATCH)
 // normal_noise_avx2.cpp
 void fill_normal_avx2(uint64_t key, int64_t first, int64_t count, float* out);
 void fill_normal_avx2(uint64_t key, int64_t first, int64_t count, double* out);
@@ -15,7 +15,7 @@ void fill_normal_avx2(uint64_t key, int64_t first, int64_t count, double* out);
 namespace {
 template <typename T>
 void fill(uint64_t key, int64_t first, int64_t count, T* out) {
-#if defined(IG_NOISE_HAS_AVX2)
+#if defined(IG_X86_AVX2_DISPATCH)
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (avx2) return fill_normal_avx2(key, first, count, out);
 #endif

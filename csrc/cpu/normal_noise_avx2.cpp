@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(IG_NOISE_HAS_AVX2)
+#if defined(IG_X86_AVX2_DISPATCH)
 #include <immintrin.h>
 #pragma GCC target("avx2,fma")
 #define IG_NOISE_AVX2 1

@@ -3,11 +3,12 @@
 
 #include <cstdint>
 
-// A portable build (no -march) still gets AVX2+FMA code where the CPU has it: GCC compiles each entry point
-// marked IG_MULTIVERSION twice and picks one at load time. The templates they call are force-inlined into them.
+// A portable build (no -march) still gets AVX2+FMA code where the CPU has it (IG_X86_AVX2_DISPATCH). GCC compiles
+// each entry point marked IG_MULTIVERSION twice and picks one at load time; the templates they call are
+// force-inlined into them. Code that needs AVX2 intrinsics has a file of its own instead (normal_noise_avx2.cpp).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(INTERPGAN_NO_MULTIVERSION)
+#define IG_X86_AVX2_DISPATCH 1
 #define IG_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define IG_NOISE_HAS_AVX2 1  // normal_noise_avx2.cpp is built, and picked at run time where the CPU has AVX2
 #else
 #define IG_MULTIVERSION
 #endif
