@@ -10,6 +10,7 @@ from interpgan_ext.ops import langevin_step, langevin_step_reference
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 SHAPES = [(5,), (3, 7), (2, 3, 5, 5), (4, 1, 1), (0, 3)]
+needs_ext = pytest.mark.skipif(not _backend.has_extension(), reason="compiled extension not loaded")
 
 
 def inputs(shape, device, dtype, gen):
@@ -119,7 +120,7 @@ def test_gradcheck(device):
         assert torch.autograd.gradcheck(lambda z, g, n: langevin_step(z, g, 0.4, 0.8, clip, noise=n), (z, grad, noise))
 
 
-@pytest.mark.skipif(not _backend.has_extension(), reason="compiled extension not loaded")
+@needs_ext
 def test_opcheck(device, seeded):
     z, grad, noise = inputs((3, 4), device, torch.float32, seeded)
     ops = torch.ops.interpgan
@@ -167,16 +168,13 @@ class TestBadInput:
             langevin_step(torch.zeros(3).cuda(), torch.zeros(3), 0.1)
 
 
-needs_cpu_ext = pytest.mark.skipif(not _backend.has_extension(), reason="the compiled CPU kernel is not loaded")
-
-
 def cpu_noise(shape, seed, dtype=torch.float32):
     """The CPU op's noise alone: z' = z + step^2/2 (grad - pw z) + step eps with z = grad = 0, step = 1."""
     z = torch.zeros(shape, dtype=dtype)
     return langevin_step(z, z, 1.0, prior_weight=0.0, generator=torch.Generator().manual_seed(seed))
 
 
-@needs_cpu_ext
+@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_noise_is_a_function_of_the_seed_and_the_element(dtype):
     """The CPU kernel draws in-kernel: one key from the generator per call, then element e's noise from (key, e).
@@ -199,7 +197,7 @@ def test_cpu_noise_is_a_function_of_the_seed_and_the_element(dtype):
     assert torch.equal(cpu_noise(1_000, 4, torch.bfloat16), cpu_noise(1_000, 4).bfloat16())
 
 
-@needs_cpu_ext
+@needs_ext
 def test_cpu_seeded_update_is_the_update_with_its_noise():
     z, grad = torch.randn(33, 70), torch.randn(33, 70) * 3
     eps = cpu_noise(z.shape, 5)
@@ -212,7 +210,7 @@ def test_cpu_seeded_update_is_the_update_with_its_noise():
     assert not torch.equal(first, second)
 
 
-@needs_cpu_ext
+@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cpu_noise_distribution(dtype):
     """Kolmogorov-Smirnov against N(0, 1), the variance of every position in the kernel's chunk layout (element e
