@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(IG_X86_AVX2_DISPATCH)
 #include <immintrin.h>

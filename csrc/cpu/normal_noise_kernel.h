@@ -166,7 +166,8 @@ IG_INLINE V<T> sqrt_lanes(V<T> x) {
   return r;
 }
 
-// n normals from a radius uniform in (0, 1] and an angle uniform in [0, 1): r cos, then r sin.
+// Box–Muller, lane by lane: from a radius uniform in (0, 1] and an angle uniform in [0, 1), r cos into cos_out
+// and r sin into sin_out.
 template <typename T>
 IG_INLINE void box_muller(V<T> u, V<T> turn, T* cos_out, T* sin_out) {
   const V<T> r = sqrt_lanes<T>(T(-2) * log_positive<T>(u));
