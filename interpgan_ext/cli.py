@@ -38,6 +38,8 @@ _TRAIN_FLAGS = {
     "lr_g": (float, "G's Adam learning rate"),
     "lr_d": (float, "D's Adam learning rate"),
     "device": (str, "auto | cpu | cuda | cuda:N"),
+    "data_on_device": (str, "hold the real images on the device: auto (on a GPU, when they take at most a quarter "
+                            "of its free memory) | on | off"),
 }
 
 
@@ -113,6 +115,9 @@ def _train(args):
     say(f"training {kind} {meta['arch']} at {meta['size']}px on {meta['data']} ({len(data)} images), target layer "
         f"{trainer.layer!r} [{trainer.n_filters} filters, C={cfg.n_groups}], {cfg.steps} steps on {trainer.device}, "
         f"ops backend: {_backend.backend_name(trainer.device)}")
+    if meta["data_held_bytes"]:
+        say(f"data: held on {trainer.device} ({meta['data_held_bytes'] / 1e6:.0f} MB; --data-on-device off draws each "
+            "batch from the dataset instead)")
     stop = None
     try:
         logs = trainer.fit(progress=not args.no_progress)

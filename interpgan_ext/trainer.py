@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ._atomic import atomic_save, atomic_write_json, atomic_write_text
 from .data import SynthFaces
+from .data.resident import MODES as RESIDENT_MODES, ResidentImages, should_hold
 from .energy import EnergyModel
 from ._interrupt import StopRequests
 from ._progress import progress_bar
@@ -94,6 +95,7 @@ class TrainConfig:
     ckpt_every: int = 250
     amp: bool = False              # bf16 autocast on CUDA
     mirror: bool = False           # flip each real image left-right with probability 1/2 (random_mirror)
+    data_on_device: str = "auto"   # hold the real images on the device: auto | on | off (data/resident.py)
     device: str = "auto"
 
     def __post_init__(self):
@@ -104,6 +106,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.data_on_device not in RESIDENT_MODES:
+            raise ValueError(f"TrainConfig.data_on_device must be one of {', '.join(RESIDENT_MODES)}, "
+                             f"got {self.data_on_device!r}")
         if self.gmm_min_group_size < 0:
             raise ValueError(f"TrainConfig.gmm_min_group_size must be >= 0, got {self.gmm_min_group_size}")
 
@@ -148,6 +153,16 @@ def diversity(images: torch.Tensor) -> float:
     """Mean over pixels and channels of the standard deviation across images, for images in [-1, 1]: 0 when every
     image is the same."""
     return float(images.detach().float().std(dim=0).mean())
+
+
+def update_ema(ema: nn.Module, model: nn.Module, weight: float) -> None:
+    """ema's parameters move `weight` of the way to model's; its buffers (batch-norm statistics) become model's.
+    One multi-tensor op for each, not one op per tensor: on a GPU every op is a launch from the host."""
+    params, buffers = (list(ema.parameters()), list(model.parameters())), (list(ema.buffers()), list(model.buffers()))
+    if params[0]:
+        torch._foreach_lerp_(*params, weight)
+    if buffers[0]:
+        torch._foreach_copy_(*buffers)
 
 
 def step_generator(seed: int, step: int, salt: int, device="cpu") -> torch.Generator:
@@ -260,6 +275,10 @@ class Trainer:
             raise ValueError(f"target layer {layer!r} must output [B, M, H, W] feature maps, got {list(probe.shape)}")
         self.n_filters, H, W = probe.shape[1:]
         check_data(data, self.G, cfg.z_dim, self.device)
+        # where each step's real batch comes from: the dataset, or its images held on the device
+        self.real_data = data
+        if should_hold(data, self.device, cfg.data_on_device):
+            self.real_data = ResidentImages(data, self.device)
         if cfg.n_groups > self.n_filters:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
@@ -289,8 +308,10 @@ class Trainer:
         self.step = 0
         self.out_dir = out_dir
         self.z_fixed = torch.randn(32, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 99)).to(self.device)
+        held = isinstance(self.real_data, ResidentImages)
         meta = {"layer": layer, "n_filters": int(self.n_filters), "spatial": [int(H), int(W)],
-                "world_size": self.world, **(extra_meta or {})}
+                "world_size": self.world, "data_held_bytes": self.real_data.nbytes if held else 0,
+                **(extra_meta or {})}
         if self.is_main:
             os.makedirs(out_dir, exist_ok=True)
             atomic_write_json({"config": asdict(cfg), **meta}, os.path.join(out_dir, "config.json"))
@@ -339,7 +360,7 @@ class Trainer:
         logs = {}
         gen = step_generator(cfg.seed, t, 1000 * self.rank)  # each rank its own batch
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
-        real = sample_real(self.data, cfg.batch_size, gen, dev).to(dev)
+        real = sample_real(self.real_data, cfg.batch_size, gen, dev).to(dev)
         if cfg.mirror:
             real = random_mirror(real, gen)
         # D step
@@ -410,10 +431,7 @@ class Trainer:
                 # warm-up: early on the average follows G closely, so that a short run's G_ema is not
                 # dominated by the random initial weights (0.999 ** 1500 = 22% of them after 1500 steps)
                 decay = min(cfg.ema_decay, (1 + t) / (10 + t))
-                for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                    pe.lerp_(p, 1 - decay)
-                for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
-                    be.copy_(b)
+                update_ema(self.G_ema, self.G, 1 - decay)
         losses.update(loss_G=loss_G, loss_G_gan=loss_gan)
         values = torch.stack([v.detach().reshape(()).double() for v in losses.values()]).tolist()
         logs.update(zip(losses, values))
@@ -497,7 +515,7 @@ class Trainer:
         Earlier, G_ema's samples are alike because training has barely started."""
         d = diversity(x)
         if self._data_diversity is None:
-            real = sample_real(self.data, len(x), torch.Generator().manual_seed(self.cfg.seed + 7), self.device)
+            real = sample_real(self.real_data, len(x), torch.Generator().manual_seed(self.cfg.seed + 7), self.device)
             self._data_diversity = diversity(real)
         if self.step >= 500 and d < 0.25 * self._data_diversity and not self._warned_collapse:
             self._warned_collapse = True

@@ -7,7 +7,9 @@ Variants, each in a fresh process (the backend is chosen at import) and timed in
 slow spell of a noisy machine hits every variant rather than the one running then:
   baseline    the plain GAN (lambda0 = 0) on the same code path: the cost of GAN training alone;
   fused       the interpretable GAN with the compiled ops (what `interpgan train` runs);
-  reference   the interpretable GAN with the pure-PyTorch reference ops (INTERPGAN_BACKEND=reference).
+  reference   the interpretable GAN with the pure-PyTorch reference ops (INTERPGAN_BACKEND=reference);
+  fused-drawn (not in the default list) `fused` with each real batch drawn from the dataset, not from its images
+              held on the device (TrainConfig.data_on_device="off"): on a GPU, what holding them saves.
 
 For each it prints the median step time, images/s, and the step split into the trainer's parts (D, GMM, Langevin,
 W, G, data and the rest). The GMM refit runs every gmm_every steps, so it is timed on its own and charged at
@@ -34,10 +36,11 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from interpgan_ext.report import STEP_PARTS  # noqa: E402
 
-VARIANTS = {  # name: (interpretable, environment of its process)
-    "baseline": (False, {}),
-    "fused": (True, {}),
-    "reference": (True, {"INTERPGAN_BACKEND": "reference"}),
+VARIANTS = {  # name: (interpretable, environment of its process, TrainConfig fields)
+    "baseline": (False, {}, {}),
+    "fused": (True, {}, {}),
+    "reference": (True, {"INTERPGAN_BACKEND": "reference"}, {}),
+    "fused-drawn": (True, {}, {"data_on_device": "off"}),
 }
 PARTS = STEP_PARTS + ["data+other"]  # the trainer's timed parts, and the rest of the step
 
@@ -56,29 +59,38 @@ def _timed(fn, device):
     return time.perf_counter() - t0, out
 
 
-def run_variant(args, interpretable: bool, trace_dir=None):
-    """Trains args.warmup + args.steps steps of one variant; returns its per-step times (seconds)."""
-    from interpgan_ext import _backend
+def make_trainer(args, interpretable: bool, overrides=None):
+    """The benchmark's Trainer for args (architecture, size, batch...), and a function that runs its next step. Its
+    steps refit no GMM (gmm_every is out of reach), so that each is alike; the refit is timed on its own."""
     from interpgan_ext.data import build_dataset
     from interpgan_ext.models import build
-    from interpgan_ext.trainer import Trainer, TrainConfig, step_generator
+    from interpgan_ext.trainer import Trainer, TrainConfig
 
-    # The timed steps do no GMM refit (gmm_every is out of reach); the refit is timed on its own below.
-    cfg = TrainConfig(steps=args.warmup + args.steps, batch_size=args.batch_size, n_groups=args.n_groups,
+    cfg = TrainConfig(steps=10**9, batch_size=args.batch_size, n_groups=args.n_groups,
                       lambda0=1.0 if interpretable else 0.0, langevin_steps=args.langevin_steps,
-                      gmm_every=10**9, gmm_images=args.gmm_images, amp=args.amp, device=args.device, seed=0)
+                      gmm_every=10**9, gmm_images=args.gmm_images, amp=args.amp, device=args.device, seed=0,
+                      **(overrides or {}))
     data = build_dataset(args.data, args.size, n=2000, seed=0, progress=False)
     torch.manual_seed(0)
     G, D = build(args.arch, args.size, z_dim=cfg.z_dim, width=args.width)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(G, D, args.layer or G.default_layer, data, cfg, out_dir=tmp)
-    dev = trainer.device
 
     def step():
         logs = trainer.train_step()
         trainer.step += 1
         return logs
 
+    return trainer, step
+
+
+def run_variant(args, interpretable: bool, trace_dir=None, overrides=None):
+    """Trains args.warmup + args.steps steps of one variant; returns its per-step times (seconds)."""
+    from interpgan_ext import _backend
+    from interpgan_ext.trainer import step_generator
+
+    trainer, step = make_trainer(args, interpretable, overrides)
+    dev = trainer.device
     for _ in range(args.warmup):  # the first step also fits the partition
         step()
     steps, parts = [], []
@@ -93,6 +105,7 @@ def run_variant(args, interpretable: bool, trace_dir=None):
     if trace_dir:
         _trace(trainer, step, dev, interpretable, trace_dir, args)
     return {"backend": _backend.backend_name(dev), "device": str(dev), "layer": trainer.layer,
+            "data_held_bytes": trainer.meta["data_held_bytes"],
             "n_filters": int(trainer.n_filters), "spatial": trainer.meta["spatial"],
             "step_s": steps, "parts_s": parts, "refit_s": refits}
 
@@ -179,6 +192,8 @@ def ratios(summary):
         for v in ("fused", "reference"):
             if v in summary:
                 out[f"{v}_step_over_baseline"] = summary[v]["step_ms"] / summary["baseline"]["step_ms"]
+    if "fused" in summary and "fused-drawn" in summary:
+        out["fused_drawn_step_over_fused"] = summary["fused-drawn"]["step_ms"] / summary["fused"]["step_ms"]
     if "fused" in summary and "reference" in summary:
         out["reference_step_over_fused"] = summary["reference"]["step_ms"] / summary["fused"]["step_ms"]
         for p in ("Langevin", "W", "G"):
@@ -189,12 +204,12 @@ def ratios(summary):
 
 
 def print_table(summary, batch_size):
-    head = f"{'variant':<10} {'backend':<10} {'ms/step':>9} {'images/s':>9}  " + " ".join(f"{p:>10}" for p in PARTS)
+    head = f"{'variant':<11} {'backend':<10} {'ms/step':>9} {'images/s':>9}  " + " ".join(f"{p:>10}" for p in PARTS)
     print(head)
     print("-" * len(head))
     for v, s in summary.items():
         cells = " ".join(f"{s['parts_ms'][p]:>10.2f}" for p in PARTS)
-        print(f"{v:<10} {s['backend']:<10} {s['step_ms']:>9.2f} {1e3 * batch_size / s['step_ms']:>9.1f}  {cells}")
+        print(f"{v:<11} {s['backend']:<10} {s['step_ms']:>9.2f} {1e3 * batch_size / s['step_ms']:>9.1f}  {cells}")
 
 
 def main():
@@ -227,7 +242,8 @@ def main():
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
 
     if args.worker:  # one variant in this process; its result is the last line of stdout
-        print(json.dumps(run_variant(args, VARIANTS[args.worker][0], args.trace)))
+        interpretable, _, overrides = VARIANTS[args.worker]
+        print(json.dumps(run_variant(args, interpretable, args.trace, overrides)))
         return
 
     import interpgan_ext as ig

@@ -25,8 +25,11 @@ python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda.json" 2>&1 | tee 
 # Training throughput at the GPU job's size (64 px, width 64, batch 64). The profiler's top-op tables are kept; its
 # chrome traces (tens of MB) stay in /tmp/train_trace.
 python3 python/bench_train.py --device cuda --size 64 --width 64 --batch-size 64 --no-progress \
+    --variants baseline,fused,reference,fused-drawn \
     --out "$OUT/train_cuda_64px.json" --trace /tmp/train_trace 2>&1 | tee "$OUT/bench_train.log" | tail -12
 cp /tmp/train_trace/profile_*.txt "$OUT/" 2>/dev/null
+# ops a step dispatches on the GPU (each a launch from the host), with the real images held there and drawn per step
+for mode in on off; do python3 python/count_step_ops.py --device cuda --data-on-device $mode; done 2>&1 | tee "$OUT/step_ops_cuda.txt"
 if [ "${PACK:-0}" = 1 ]; then
   tar czf /tmp/gpu_checks.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_checks.tgz "$OUT/"
 fi

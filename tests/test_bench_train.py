@@ -49,7 +49,21 @@ def test_summarise_takes_medians_and_charges_the_refit_per_step(bench):
     assert sum(fused["parts_ms"].values()) == pytest.approx(fused["step_ms"])  # the parts add up to the step
     r = bench.ratios(s)
     assert r["fused_step_over_baseline"] == pytest.approx(77.0 / 45.0)
-    assert "reference_step_over_fused" not in r
+    assert "reference_step_over_fused" not in r and "fused_drawn_step_over_fused" not in r
+    results["fused-drawn"] = [fake_run("cpu-ext", [0.081, 0.083, 0.082], [parts] * 3, [0.5])]
+    assert bench.ratios(bench.summarise(results, gmm_every=100))["fused_drawn_step_over_fused"] == pytest.approx(
+        (82.0 + 5.0) / 77.0)
+
+
+def test_the_fused_drawn_variant_draws_each_batch_from_the_dataset(bench):
+    # fused-drawn differs from fused in TrainConfig.data_on_device only; "on" here, so that the CPU holds the images
+    args = bench.argparse.Namespace(data="synth-faces", size=16, width=8, arch="dcgan", layer=None, batch_size=4,
+                                    n_groups=2, langevin_steps=1, gmm_images=8, amp=False, device="cpu", steps=1,
+                                    warmup=1, refits=0)
+    assert bench.VARIANTS["fused-drawn"][2] == {"data_on_device": "off"}
+    held = bench.run_variant(args, True, overrides={"data_on_device": "on"})
+    drawn = bench.run_variant(args, True, overrides=bench.VARIANTS["fused-drawn"][2])
+    assert held["data_held_bytes"] == 2000 * 3 * 16 * 16 * 4 and drawn["data_held_bytes"] == 0
 
 
 def test_stacked_bar_chart_bars_are_proportional_to_their_totals(tmp_path):

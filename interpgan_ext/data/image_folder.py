@@ -16,6 +16,11 @@ from .._progress import progress_bar
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Decoded pixels as the datasets give them: uint8 scaled to float in [-1, 1]; float ones are already there."""
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images
+
+
 def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
     """Upright (a camera's EXIF orientation applied), centre cropped to a square and resized to size x size:
     uint8 [3, size, size]."""
@@ -192,10 +197,10 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i].float() / 127.5 - 1
+        return to_unit_range(self.images[i])
 
     def render(self, indices):
-        return self.images[torch.as_tensor(indices)].float() / 127.5 - 1, None
+        return to_unit_range(self.images[torch.as_tensor(indices)]), None
 
 
 def cache_entries(cache_dir: str = None) -> list:
