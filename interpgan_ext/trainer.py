@@ -138,15 +138,18 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @contextmanager
 def frozen_batchnorm_stats(model: nn.Module):
-    """Forwards in train mode that leave BatchNorm running statistics untouched (momentum 0)."""
-    saved = [(m, m.momentum) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, _ in saved:
-        m.momentum = 0.0
+    """Forwards in train mode that leave BatchNorm running statistics untouched: momentum 0, and no count of batches
+    (a forward would still add 1 to it: for a BatchNorm with momentum=None, which averages over that count, that
+    skews every later update; on a GPU each add is one more launch)."""
+    saved = [(m, m.momentum, m.num_batches_tracked) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, _, _ in saved:
+        m.momentum, m.num_batches_tracked = 0.0, None
     try:
         yield
     finally:
-        for m, mom in saved:
-            m.momentum = mom
+        for m, momentum, count in saved:
+            m.momentum, m.num_batches_tracked = momentum, count
 
 
 def diversity(images: torch.Tensor) -> float:

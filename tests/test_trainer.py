@@ -439,6 +439,26 @@ def test_cli_sigterm_saves_exits_143_and_the_run_resumes(tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == step + 2
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: a cumulative average over num_batches_tracked
+def test_frozen_batchnorm_forwards_leave_every_statistic_as_it_was(momentum):
+    from interpgan_ext.trainer import frozen_batchnorm_stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=momentum),
+                                torch.nn.BatchNorm2d(4, track_running_stats=False))
+    model(torch.randn(2, 3, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 8, 8)
+    with frozen_batchnorm_stats(model):
+        frozen = model(x)
+        model(torch.randn(2, 3, 8, 8))
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+    assert int(after["1.num_batches_tracked"]) == 1 and model[1].momentum == momentum
+    torch.testing.assert_close(frozen, model(x))  # still train mode: batch statistics normalise
+    assert int(model.state_dict()["1.num_batches_tracked"]) == 2  # outside, forwards count again
+
+
 def test_ema_warms_up_towards_g(tmp_path):
     tr = make_trainer(tmp_path, steps=20, lambda0=0.0)
     init = [p.detach().clone() for p in tr.G.parameters()]
