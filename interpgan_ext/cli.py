@@ -7,6 +7,7 @@ import sys
 import torch
 
 from . import _backend
+from ._cli_args import FRACTION, NON_NEGATIVE, POSITIVE, POSITIVE_REAL, at_least, real_in
 from .metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 
 
@@ -22,21 +23,21 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 # `interpgan train` flags that set a TrainConfig field: (type, help). Their argparse default is None, so that
 # --resume changes only what is given; the help shows TrainConfig's default instead.
 _TRAIN_FLAGS = {
-    "batch_size": (int, "images per step (per rank under torchrun)"),
-    "n_groups": (int, "C, the filter groups (concepts) of the target layer"),
-    "lambda0": (float, "weight of the interpretability terms in G's loss; 0 = the plain GAN"),
-    "lambda2": (float, "weight of the energy terms L_cd (W) and L_real (G), per filter-position"),
-    "lambda3": (float, "weight of L_interp in W's loss"),
-    "lambda_gmm": (float, "weight of L_gmm in G's loss, per descriptor dimension"),
-    "langevin_steps": (int, "T, Langevin steps per negative sample"),
-    "langevin_step_size": (float, "delta, the Langevin step size"),
-    "gmm_every": (int, "steps between refits of the GMM filter partition"),
-    "gmm_relative_reg": (float, "GMM variance floor, relative to the descriptors' mean variance; 0 = plain EM"),
+    "batch_size": (POSITIVE, "images per step (per rank under torchrun)"),
+    "n_groups": (POSITIVE, "C, the filter groups (concepts) of the target layer"),
+    "lambda0": (real_in(0), "weight of the interpretability terms in G's loss; 0 = the plain GAN"),
+    "lambda2": (real_in(0), "weight of the energy terms L_cd (W) and L_real (G), per filter-position"),
+    "lambda3": (real_in(0), "weight of L_interp in W's loss"),
+    "lambda_gmm": (real_in(0), "weight of L_gmm in G's loss, per descriptor dimension"),
+    "langevin_steps": (NON_NEGATIVE, "T, Langevin steps per negative sample"),
+    "langevin_step_size": (real_in(0), "delta, the Langevin step size"),
+    "gmm_every": (POSITIVE, "steps between refits of the GMM filter partition"),
+    "gmm_relative_reg": (real_in(0), "GMM variance floor, relative to the descriptors' mean variance; 0 = plain EM"),
     "gmm_loss": (str, "L_gmm: likelihood (SPEC) | posterior (tempered)"),
-    "gmm_min_group_size": (int, "every group keeps at least this many filters; 0 = plain EM"),
+    "gmm_min_group_size": (NON_NEGATIVE, "every group keeps at least this many filters; 0 = plain EM"),
     "seed": (int, "seeds every draw of every step; a resumed run goes on as the uninterrupted one"),
-    "lr_g": (float, "G's Adam learning rate"),
-    "lr_d": (float, "D's Adam learning rate"),
+    "lr_g": (POSITIVE_REAL, "G's Adam learning rate"),
+    "lr_d": (POSITIVE_REAL, "D's Adam learning rate"),
     "device": (str, "auto | cpu | cuda | cuda:N"),
     "data_on_device": (str, "hold the real images on the device: auto (on a GPU, when they take at most a quarter "
                             "of its free memory) | on | off"),
@@ -293,17 +294,17 @@ def build_parser():
     tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)")
     tr.add_argument("--data", default="synth-faces",
                     help="synth-faces | lfw | a folder of images (decoded once, then cached; INTERPGAN_CACHE=DIR|off)")
-    tr.add_argument("--size", type=int, default=32, help="image size: 16, 32, 64 or 128")
+    tr.add_argument("--size", type=at_least(8), default=32, help="image size: 16, 32, 64 or 128")
     tr.add_argument("--arch", default="dcgan", help="generator family: dcgan | stylegan2")
-    tr.add_argument("--width", type=int, default=32, help="base channel width of G and D")
+    tr.add_argument("--width", type=POSITIVE, default=32, help="base channel width of G and D")
     tr.add_argument("--layer", default=None, help="target layer (module path); by default the architecture's own")
-    tr.add_argument("--steps", type=int, default=None,
+    tr.add_argument("--steps", type=POSITIVE, default=None,
                     help=f"total steps; with --resume, the new total (default: {TrainConfig.steps})")
     tr.add_argument("--out", default="runs/synth-faces", help="run directory")
     tr.add_argument("--baseline", action="store_true", help="lambda0 = 0: the plain GAN, same code path")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    tr.add_argument("--n-images", type=int, default=20000, help="SynthFaces: number of distinct images")
+    tr.add_argument("--n-images", type=POSITIVE, default=20000, help="SynthFaces: number of distinct images")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, (typ, text) in _TRAIN_FLAGS.items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
@@ -315,25 +316,25 @@ def build_parser():
     sw = sub.add_parser("swap", help="swap filter groups between pairs of generated images; writes a PNG grid")
     sw.add_argument("run", help="run directory")
     sw.add_argument("--group", type=int, nargs="+", required=True, help="group id(s); several = a region swap")
-    sw.add_argument("--pairs", type=int, default=8, help="image pairs (rows of the grid)")
-    sw.add_argument("--refine", type=int, default=0, help="Langevin refinement steps on the edited A images")
-    sw.add_argument("--step-size", type=float, default=0.05, help="Langevin step size of --refine")
+    sw.add_argument("--pairs", type=POSITIVE, default=8, help="image pairs (rows of the grid)")
+    sw.add_argument("--refine", type=NON_NEGATIVE, default=0, help="Langevin refinement steps on the edited A images")
+    sw.add_argument("--step-size", type=POSITIVE_REAL, default=0.05, help="Langevin step size of --refine")
     sw.add_argument("--out", default=None, help="PNG path (default RUN/swap_group<c>.png)")
 
     vi = sub.add_parser("visualize", help="filter activations, group map and partition charts as PNGs")
     vi.add_argument("run", help="run directory")
-    vi.add_argument("--images", type=int, default=8, help="generated images shown")
-    vi.add_argument("--filters", type=int, default=16, help="filters shown")
+    vi.add_argument("--images", type=POSITIVE, default=8, help="generated images shown")
+    vi.add_argument("--filters", type=POSITIVE, default=16, help="filters shown")
     vi.add_argument("--out", default=None, help="folder (default RUN/figures)")
 
     ev = sub.add_parser("eval", help="IoU, locality and FID/KID; writes RUN/metrics.json")
     ev.add_argument("run", help="run directory")
     ev.add_argument("--baseline", default=None, help="a baseline run (lambda0 = 0) to compare with")
-    ev.add_argument("--images", type=int, default=1000, help="generated images for IoU and FID")
-    ev.add_argument("--pairs", type=int, default=64, help="swap pairs per group for locality")
-    ev.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    ev.add_argument("--seg-steps", type=int, default=SEG_STEPS, help="segmenter training steps (cached in RUN)")
-    ev.add_argument("--min-seg-miou", type=float, default=0.9, help="refuse to measure with a worse segmenter")
+    ev.add_argument("--images", type=at_least(2), default=1000, help="generated images for IoU and FID (FID needs 2)")
+    ev.add_argument("--pairs", type=POSITIVE, default=64, help="swap pairs per group for locality")
+    ev.add_argument("--batch-size", type=POSITIVE, default=64, help="images per forward pass")
+    ev.add_argument("--seg-steps", type=POSITIVE, default=SEG_STEPS, help="segmenter training steps (cached in RUN)")
+    ev.add_argument("--min-seg-miou", type=FRACTION, default=0.9, help="refuse to measure with a worse segmenter")
     ev.add_argument("--inception", default=None, help="local Inception-v3 weights for FID (else the segmenter's encoder)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -368,9 +369,13 @@ def main(argv=None):
             analysis_verbs[args.command](_load(args.run, args.device), args)
         except USER_ERRORS as e:
             sys.exit(f"interpgan {args.command}: {_said(e)}")
+    elif args.command == "train":
+        _train(args)
     else:
-        {"train": _train, "swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table,
-         "report": _report}[args.command](args)
+        try:
+            {"swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table, "report": _report}[args.command](args)
+        except USER_ERRORS as e:
+            sys.exit(f"interpgan {args.command}: {_said(e)}")
 
 
 if __name__ == "__main__":

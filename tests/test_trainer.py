@@ -241,7 +241,7 @@ def test_divergence_stops_with_clear_message(tmp_path):
 
 @pytest.mark.parametrize("bad, says", [
     (["--gmm-loss", "posteriors"], "gmm_loss must be 'likelihood' or 'posterior'"),
-    (["--steps", "0"], "steps must be >= 1"),
+    (["--data-on-device", "always"], "data_on_device must be one of auto, on, off"),
     (["--data", "/no/such/folder"], "no such folder: /no/such/folder"),
     (["--arch", "vgg"], "unknown architecture 'vgg'"),
     (["--layer", "blocks.9"], "no layer named 'blocks.9'"),

@@ -61,6 +61,8 @@ def ganspace(z: torch.Tensor, G: Optional[nn.Module] = None, layer: Optional[str
     direction moves the activations along one component."""
     from sklearn.decomposition import IncrementalPCA, PCA
 
+    if len(z) < n_components:
+        raise ValueError(f"ganspace: {n_components} directions need at least as many latents, got {len(z)}")
     if layer is None:
         pca = PCA(n_components).fit(z.detach().cpu().double().numpy())
         return torch.as_tensor(pca.components_, dtype=torch.float32), torch.as_tensor(pca.explained_variance_ratio_)
