@@ -69,14 +69,14 @@ def _build_trainer(args):
     """The Trainer that `interpgan train` runs (a new run, or --resume), and its dataset."""
     from .data import build_dataset
     from .models import build
+    from .runs import read_config
     from .trainer import TrainConfig, Trainer
 
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if args.resume:
         if not os.path.exists(ckpt):
             sys.exit(f"interpgan train: --resume given but there is no checkpoint at {ckpt}")
-        with open(os.path.join(args.out, "config.json")) as fh:
-            saved = json.load(fh)
+        saved = read_config(os.path.join(args.out, "config.json"))
         cfg = TrainConfig.from_dict({**saved["config"], "steps": args.steps or saved["config"]["steps"]})
         arch, size, width, data_name = saved["arch"], saved["size"], saved["width"], saved["data"]
     else:

@@ -56,6 +56,8 @@ class EnergyModel(nn.Module):
 
     def loss_interp(self, q: torch.Tensor, lambda1: float = 1.0) -> torch.Tensor:
         """(-sum_{q_j = c} W + lambda1 * sum_{q_j != c} W) / (M * K): W rewards a filter's own group only."""
-        own = torch.nn.functional.one_hot(q, self.n_groups).to(self.W.dtype)[:, :, None]  # [M, C, 1]
         M, _, K = self.W.shape
+        if q.shape != (M,):
+            raise ValueError(f"loss_interp: expected q of shape [M={M}] (a group id per filter), got {list(q.shape)}")
+        own = torch.nn.functional.one_hot(q, self.n_groups).to(self.W.dtype)[:, :, None]  # [M, C, 1]
         return (-(self.W * own).sum() + lambda1 * (self.W * (1 - own)).sum()) / (M * K)

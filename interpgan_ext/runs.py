@@ -1,6 +1,7 @@
 """A trained run directory (written by `interpgan train` / `Trainer`), loaded for editing, metrics and reports."""
 import json
 import os
+import pickle
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -74,6 +75,27 @@ def read_log_rows(path: str):
     return rows, n_torn
 
 
+def read_config(path: str) -> dict:
+    """A run's config.json. A damaged one (edited by hand, or cut short by a copy) is a ValueError naming the file."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is the run's config, which the trainer writes whole: "
+                         "restore it from a copy of the run") from None
+
+
+def read_checkpoint(path: str, device) -> dict:
+    """A checkpoint.pt. The trainer writes it atomically, so an unreadable one was damaged afterwards (a copy cut
+    short, a full disk): a ValueError naming the file, not the zip reader's error."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # a cut zip, or no zip at all
+        reason = str(e).split(". ")[0].splitlines()[0]
+        raise ValueError(f"{path} cannot be read as a checkpoint ({reason}); it was damaged "
+                         "after it was written, or is not a checkpoint: restore it from a copy of the run") from None
+
+
 def resolve_device(device="auto") -> torch.device:
     """"auto" is CUDA when there is a GPU, else the CPU. A device that cannot be used here is a ValueError that
     says why, not torch's driver error at the first tensor moved there."""
@@ -101,10 +123,9 @@ def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.M
     for p in (ckpt_path, cfg_path):
         if not os.path.exists(p):
             raise FileNotFoundError(f"load_run: {path} is not a run directory (no {os.path.basename(p)})")
-    with open(cfg_path) as fh:
-        saved = json.load(fh)
+    saved = read_config(cfg_path)
     dev = resolve_device(device)
-    state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+    state = read_checkpoint(ckpt_path, dev)
     cfg, meta = state["config"], state["meta"]
     if G is None:
         if "arch" not in saved:

@@ -55,7 +55,7 @@ from ._interrupt import StopRequests
 from ._progress import progress_bar
 from .ops import check_partition
 from .partition import FilterPartition, filter_descriptors
-from .runs import read_log_rows, resolve_device
+from .runs import read_checkpoint, read_log_rows, resolve_device
 from .sampler import FeatureExtractor, LangevinSampler
 from .viz import save_image_grid
 
@@ -475,7 +475,7 @@ class Trainer:
         atomic_save(self.state_dict(), self.checkpoint_path)
 
     def load_checkpoint(self, path: Optional[str] = None):
-        state = torch.load(path or self.checkpoint_path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path or self.checkpoint_path, self.device)
         self.G.load_state_dict(state["G"])
         self.G_ema.load_state_dict(state["G_ema"])
         self.D.load_state_dict(state["D"])

@@ -1,4 +1,5 @@
 """Losses of SPEC §5 against direct formulas, W's projection, and the Langevin sampler."""
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +17,8 @@ def test_loss_interp_matches_formula():
     own = sum(W[j, q[j]].sum() for j in range(5))
     other = W.sum() - own
     assert torch.allclose(em.loss_interp(q, lambda1=0.7), (-own + 0.7 * other) / (5 * 4))
+    with pytest.raises(ValueError, match=r"expected q of shape \[M=5\] \(a group id per filter\), got \[4\]"):
+        em.loss_interp(q[:4])
 
 
 def test_loss_cd_and_real_match_formula():

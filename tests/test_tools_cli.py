@@ -59,6 +59,27 @@ def test_load_run(runs):
         load_run(os.path.dirname(interp))
 
 
+def test_a_damaged_run_is_named_file_by_file(runs, tmp_path, capsys):
+    # checkpoints and configs are written atomically, so damage comes later (a copy cut short, a hand edit): each
+    # reader says which file is bad, not the zip or JSON reader's error
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs[0], damaged)
+    ckpt = damaged / "checkpoint.pt"
+    whole = ckpt.read_bytes()
+    for content in (whole[: len(whole) // 2], b"not a checkpoint\n"):
+        ckpt.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{ckpt} cannot be read as a checkpoint .*restore it from a copy"):
+            load_run(str(damaged), device="cpu")
+        with pytest.raises(SystemExit, match=f"interpgan train: {ckpt} cannot be read as a checkpoint"):
+            cli_main(["train", "--out", str(damaged), "--resume", "--no-progress"])
+    ckpt.write_bytes(whole)
+    (damaged / "config.json").write_text('{"config": ')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_run(str(damaged), device="cpu")
+    with pytest.raises(SystemExit, match="interpgan: .*config.json is not valid JSON"):
+        cli_main(["swap", str(damaged), "--group", "0", "--device", "cpu"])
+
+
 def test_swap_writes_a_grid(runs, tmp_path):
     out = str(tmp_path / "swap.png")
     cli_main(["swap", runs[0], "--group", "0", "1", "--pairs", "3", "--refine", "2", "--out", out, "--device", "cpu"])
