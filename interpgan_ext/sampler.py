@@ -36,6 +36,7 @@ class FeatureExtractor:
             if edit is not None:
                 output = edit(output)
             store["f"] = output
+            store["calls"] = store.get("calls", 0) + 1
             if stop:
                 raise _StopForward
             return output
@@ -59,10 +60,17 @@ class FeatureExtractor:
 
     def images_and_features(self, z: torch.Tensor, *args, model: Optional[nn.Module] = None, **kwargs):
         """G(z) and the target layer's output from one full forward; `model` runs it instead of G (e.g. G
-        wrapped in DistributedDataParallel: the hook sits on the shared layer either way)."""
+        wrapped in DistributedDataParallel: the hook sits on the shared layer either way).
+
+        The layer must run once per forward. A module that G calls twice (shared weights) has two outputs, and
+        `features`, which stops at the first, would train on another f than this: a ValueError instead."""
         store = {}
         with self._hook(store, stop=False):
             x = (model or self.G)(z, *args, **kwargs)
+        calls = store.get("calls", 0)
+        if calls != 1:
+            raise ValueError(f"layer {self.layer_name!r} ran {calls} times in one forward of G; the target layer "
+                             "must run exactly once (choose a module that G calls once)")
         return x, store["f"]
 
 

@@ -273,7 +273,7 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.extractor = FeatureExtractor(self.G, layer)
         with torch.no_grad(), frozen_batchnorm_stats(self.G):
-            probe = self.extractor.features(torch.randn(2, cfg.z_dim, device=self.device))
+            _, probe = self.extractor.images_and_features(torch.randn(2, cfg.z_dim, device=self.device))
         if probe.dim() != 4:
             raise ValueError(f"target layer {layer!r} must output [B, M, H, W] feature maps, got {list(probe.shape)}")
         self.n_filters, H, W = probe.shape[1:]

@@ -126,6 +126,27 @@ def test_trainer_checks_the_data_against_the_generator(tmp_path):
         trainer(torch.rand(4, 3, 16, 16))
 
 
+def test_a_target_layer_that_runs_twice_in_a_forward_is_refused(tmp_path):
+    # A module G calls twice has two outputs: the Langevin chain (stopping at the first) and L_real (reading the
+    # last) would use different f without a word.
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 8 * 4 * 4)
+            self.shared = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.to_rgb = torch.nn.Conv2d(8, 3, 1)
+
+        def forward(self, z):
+            x = self.fc(z).view(-1, 8, 4, 4)
+            return torch.tanh(self.to_rgb(self.shared(torch.relu(self.shared(x)))))
+
+    torch.manual_seed(0)
+    _, D = build("dcgan", 16, z_dim=16, width=8)
+    with pytest.raises(ValueError, match="layer 'shared' ran 2 times in one forward of G"):
+        Trainer(Twice(), D, "shared", torch.rand(4, 3, 4, 4) * 2 - 1, TrainConfig(z_dim=16, n_groups=2, device="cpu"),
+                out_dir=str(tmp_path))
+
+
 def test_random_mirror_flips_about_half_the_images_the_same_way_for_a_seed():
     from interpgan_ext.trainer import random_mirror
 
