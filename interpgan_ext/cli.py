@@ -372,8 +372,9 @@ def main(argv=None):
     elif args.command == "train":
         _train(args)
     else:
+        verb = {"swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table, "report": _report}[args.command]
         try:
-            {"swap": _swap, "visualize": _visualize, "eval": _eval, "table": _table, "report": _report}[args.command](args)
+            verb(args)
         except USER_ERRORS as e:
             sys.exit(f"interpgan {args.command}: {_said(e)}")
 

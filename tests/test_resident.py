@@ -61,6 +61,17 @@ def test_should_hold_follows_the_mode_and_the_free_memory(monkeypatch):
     assert not should_hold(data, cuda, "auto")
     other = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8))  # a dataset of the user's: drawn as before
     assert held_bytes(other) is None and not should_hold(other, cpu, "auto")
+
+    class Transformed(torch.utils.data.Dataset):  # an `images` array, but items made from it by __getitem__
+        images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return self.images[i].float().flip(-1) / 255
+
+    assert held_bytes(Transformed()) is None
     with pytest.raises(ValueError, match="TensorDataset cannot be held"):
         should_hold(other, cpu, "on")
     with pytest.raises(ValueError, match="auto, on, off"):

@@ -388,7 +388,8 @@ def add_parsers(sub):
     bd.add_argument("--attributes", nargs="+", default=None, help="default: all SynthFaces attributes")
     bd.add_argument("--condition", nargs="+", default=None, help="attributes to hold fixed (projected out)")
     bd.add_argument("--samples", type=POSITIVE, default=5000, help="latents scored by the attribute classifier")
-    bd.add_argument("--share", type=real_in(0, 0.5, low_open=True), default=0.02, help="top and bottom share of samples for the SVM")
+    bd.add_argument("--share", type=real_in(0, 0.5, low_open=True), default=0.02,
+                    help="top and bottom share of samples for the SVM")
     bd.add_argument("--alpha", type=float, default=3.0, help="step for re-scoring")
     bd.add_argument("--clf-steps", type=POSITIVE, default=800, help=CLF_HELP)
     bd.add_argument("--strengths", type=float, nargs="+", default=[-3.0, -1.5, 0.0, 1.5, 3.0], help=STRENGTHS_HELP)

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from .._progress import progress_bar
-from .image_folder import to_unit_range
+from .image_folder import ImageFolder, LFWFaces, to_unit_range
 from .synth_faces import SynthFaces
 
 MODES = ("auto", "on", "off")
@@ -24,12 +24,12 @@ AUTO_SHARE_OF_FREE_MEMORY = 0.25
 
 
 def held_bytes(data) -> Optional[int]:
-    """The memory data's images take when held, or None for a dataset that cannot be held."""
+    """The memory data's images take when held, or None for a dataset that cannot be held. Only the library's own:
+    a dataset of yours may transform its items in __getitem__, which holding its arrays would skip."""
     if isinstance(data, SynthFaces):
         return len(data) * 3 * data.size ** 2 * 4
-    images = getattr(data, "images", None)
-    if isinstance(images, torch.Tensor) and images.dim() == 4 and len(images) == len(data):
-        return images.numel() * images.element_size()
+    if isinstance(data, (ImageFolder, LFWFaces)):
+        return data.images.numel() * data.images.element_size()
     return None
 
 
