@@ -278,10 +278,6 @@ class Trainer:
             raise ValueError(f"target layer {layer!r} must output [B, M, H, W] feature maps, got {list(probe.shape)}")
         self.n_filters, H, W = probe.shape[1:]
         check_data(data, self.G, cfg.z_dim, self.device)
-        # where each step's real batch comes from: the dataset, or its images held on the device
-        self.real_data = data
-        if should_hold(data, self.device, cfg.data_on_device):
-            self.real_data = ResidentImages(data, self.device)
         if cfg.n_groups > self.n_filters:
             raise ValueError(f"n_groups={cfg.n_groups} exceeds the {self.n_filters} filters of layer {layer!r}")
         self.energy = EnergyModel(self.n_filters, cfg.n_groups, H * W, w_max=cfg.w_max, seed=cfg.seed).to(self.device)
@@ -289,6 +285,10 @@ class Trainer:
         if cfg.gmm_min_group_size * cfg.n_groups > self.n_filters:
             raise ValueError(f"gmm_min_group_size={cfg.gmm_min_group_size} for {cfg.n_groups} groups needs "
                              f"{cfg.gmm_min_group_size * cfg.n_groups} filters; layer {layer!r} has {self.n_filters}")
+        # where each step's real batch comes from: the dataset, or its images held on the device (checked first)
+        self.real_data = data
+        if should_hold(data, self.device, cfg.data_on_device):
+            self.real_data = ResidentImages(data, self.device)
         self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, relative_reg=cfg.gmm_relative_reg,
                                          min_group_size=cfg.gmm_min_group_size, seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
