@@ -288,7 +288,7 @@ class Trainer:
         # where each step's real batch comes from: the dataset, or its images held on the device (checked first)
         self.real_data = data
         if should_hold(data, self.device, cfg.data_on_device):
-            self.real_data = ResidentImages(data, self.device)
+            self.real_data = ResidentImages(data, self.device, progress=self.is_main)
         self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, relative_reg=cfg.gmm_relative_reg,
                                          min_group_size=cfg.gmm_min_group_size, seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
