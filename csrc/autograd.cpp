@@ -2,6 +2,7 @@
 // dispatcher (the backward is the registered op group_energy_backward), so AOTAutograd and
 // torch.compile trace them like any ATen op.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -84,8 +85,24 @@ at::Tensor call_langevin(const at::Tensor& z, const at::Tensor& grad, double ste
   return op.call(z, grad, step, pw, clip, noise, gen);
 }
 
+void call_langevin_inplace(at::Tensor& z, const at::Tensor& grad, double step, double pw, std::optional<double> clip,
+                           const std::optional<at::Tensor>& noise, std::optional<at::Generator> gen) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("interpgan::langevin_step_", "")
+                       .typed<void(at::Tensor&, const at::Tensor&, double, double, std::optional<double>,
+                                   const std::optional<at::Tensor>&, std::optional<at::Generator>)>();
+  op.call(z, grad, step, pw, clip, noise, gen);
+}
+
+bool tracked(const at::Tensor& z, const at::Tensor& grad, const std::optional<at::Tensor>& noise) {
+  return at::GradMode::is_enabled() &&
+         (z.requires_grad() || grad.requires_grad() || (noise.has_value() && noise->defined() && noise->requires_grad()));
+}
+
 // The update is affine in (z, grad, noise): with h = step^2 / 2, dz'/dgrad = h and dz'/dz = 1 - h * pw where
 // the drift is inside the clip (where it is clipped the drift is a constant), and dz'/dnoise = step.
+// The backward needs no input, only where the drift was inside the clip (when there is a clip): so z may be
+// updated in place afterwards (langevin_step_ does) without invalidating the graph.
 // Two forward overloads: noise as a Tensor (autograd tracks it) or as an optional (not tracked: absent, or
 // needing no gradient), because autograd cannot take an undefined Tensor as an input.
 class LangevinFn : public torch::autograd::Function<LangevinFn> {
@@ -101,18 +118,16 @@ class LangevinFn : public torch::autograd::Function<LangevinFn> {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->saved_data["step"] = step;
     ctx->saved_data["pw"] = pw;
-    ctx->saved_data["clip"] = clip.has_value() ? *clip : -1.0;
-    ctx->save_for_backward({z, grad});
+    if (clip.has_value()) ctx->save_for_backward({(grad - pw * z).abs() <= *clip});
     return call_langevin(z, grad, step, pw, clip, noise, gen);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const double step = ctx->saved_data["step"].toDouble(), pw = ctx->saved_data["pw"].toDouble();
-    const double clip = ctx->saved_data["clip"].toDouble();
     const auto& gout = grads[0];
     auto g_drift = gout * (0.5 * step * step);
-    if (clip > 0) g_drift = g_drift * ((saved[1] - pw * saved[0]).abs() <= clip).to(gout.scalar_type());
+    if (!saved.empty()) g_drift = g_drift * saved[0].to(gout.scalar_type());  // the drift inside the clip
     return {gout - pw * g_drift, g_drift, ctx->needs_input_grad(2) ? gout * step : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -121,8 +136,30 @@ class LangevinFn : public torch::autograd::Function<LangevinFn> {
 at::Tensor langevin_autograd(const at::Tensor& z, const at::Tensor& grad, double step, double pw,
                              std::optional<double> clip, const std::optional<at::Tensor>& noise,
                              std::optional<at::Generator> gen) {
+  if (!tracked(z, grad, noise)) {  // no graph (the sampler's case): nothing to record or save
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_langevin(z, grad, step, pw, clip, noise, gen);
+  }
   if (noise.has_value() && noise->requires_grad()) return LangevinFn::apply(z, grad, *noise, step, pw, clip, gen);
   return LangevinFn::apply(z, grad, noise, step, pw, clip, gen);
+}
+
+// In place, as torch's own in-place ops: z's version counter moves (a graph that saved z then refuses to
+// backpropagate through the stale value), and under autograd z's history becomes the update's, through copy_
+// (which raises for a leaf that requires grad, as torch does). Without this kernel the update escaped autograd:
+// gradients through it silently ignored it.
+void langevin_inplace_autograd(at::Tensor& z, const at::Tensor& grad, double step, double pw,
+                               std::optional<double> clip, const std::optional<at::Tensor>& noise,
+                               std::optional<at::Generator> gen) {
+  if (tracked(z, grad, noise)) {
+    z.copy_(langevin_autograd(z, grad, step, pw, clip, noise, gen));
+    return;
+  }
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    call_langevin_inplace(z, grad, step, pw, clip, noise, gen);
+  }
+  torch::autograd::increment_version(z);
 }
 
 }  // namespace
@@ -131,4 +168,5 @@ at::Tensor langevin_autograd(const at::Tensor& z, const at::Tensor& grad, double
 TORCH_LIBRARY_IMPL(interpgan, Autograd, m) {
   m.impl("group_energy", &interpgan::group_energy_autograd);
   m.impl("langevin_step", &interpgan::langevin_autograd);
+  m.impl("langevin_step_", &interpgan::langevin_inplace_autograd);
 }

@@ -101,6 +101,61 @@ def test_in_place_out(device, seeded):
     assert langevin_step(zt, grad, 0.1, noise=noise, out=dst) is dst
 
 
+@pytest.mark.parametrize("drift_clip", [None, 0.5])
+def test_in_place_under_autograd_is_what_torch_in_place_ops_do(device, seeded, drift_clip):
+    # z's history becomes the update's: gradients through out=z equal those through the functional update
+    z0, grad0, noise0 = (t.double() for t in inputs((6, 5), device, torch.float32, seeded))
+
+    def leaves():
+        return [t.clone().requires_grad_(True) for t in (z0, grad0, noise0)]
+
+    a, grad, noise = leaves()
+    b = a * 2  # not a leaf: in place is allowed
+    assert langevin_step(b, grad, 0.3, 0.7, drift_clip, noise=noise, out=b) is b
+    (b * b).sum().backward()
+    a2, grad2, noise2 = leaves()
+    want = langevin_step_reference(a2 * 2, grad2, 0.3, 0.7, drift_clip, noise=noise2)
+    (want * want).sum().backward()
+    torch.testing.assert_close(b, want)
+    for got, ref in ((a, a2), (grad, grad2), (noise, noise2)):
+        torch.testing.assert_close(got.grad, ref.grad)
+    # a leaf that requires grad cannot be updated in place, as in torch
+    leaf = z0.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+        langevin_step(leaf, grad0, 0.1, out=leaf)
+
+
+@needs_ext
+def test_in_place_moves_the_version_counter(device, seeded):
+    # A graph that saved z must not backpropagate through the overwritten values: the in-place op bumps z's version,
+    # so autograd raises, as for torch's own in-place ops. (Without it, the stale gradient came out silently.)
+    z, grad, noise = inputs((6, 5), device, torch.float32, seeded)
+    version = z._version
+    torch.ops.interpgan.langevin_step_(z, grad, 0.1, 1.0, None, noise, None)
+    assert z._version == version + 1
+    a = torch.randn(6, 5, device=device, requires_grad=True)
+    w = a * 1.0
+    y = (w * w).sum()  # saves w
+    alias = w.detach()  # shares w's storage and version counter
+    langevin_step(alias, grad, 0.1, noise=noise, out=alias)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_the_functional_update_keeps_no_input_for_its_backward(device, seeded):
+    # It saves only where the drift was inside the clip, so z may change in place after it (as the sampler's z does)
+    z, grad, noise = inputs((6, 5), device, torch.float64, seeded)
+    for clip in (None, 0.5):
+        zz = z.clone().requires_grad_(True)
+        source = zz * 1.0
+        out = langevin_step(source, grad, 0.3, 0.7, clip, noise=noise)
+        source.data.zero_()  # touched in place (bumps its version) after the update
+        source.add_(0)
+        out.sum().backward()
+        inside = ((grad - 0.7 * z).abs() <= clip) if clip else torch.ones_like(z, dtype=torch.bool)
+        torch.testing.assert_close(zz.grad, 1 - 0.045 * 0.7 * inside.double())
+
+
 @pytest.mark.parametrize("drift_clip", [None, 1.0])
 def test_nan_propagates(device, drift_clip):
     z = torch.zeros(37, device=device)  # NaNs in the vectorised body and in the scalar tail of the CPU loop
