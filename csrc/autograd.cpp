@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <type_traits>
+
 namespace interpgan {
 namespace {
 
@@ -43,36 +45,96 @@ std::tuple<at::Tensor, at::Tensor> call_group_energy_backward(const at::Tensor& 
   return op.call(gg, f, W, groups, stats, output_mask);
 }
 
-// The forward saves the statistics that the backward would otherwise recompute (group means and sums: on the
-// CPU a third of the backward's work).
-class GroupEnergyFn : public torch::autograd::Function<GroupEnergyFn> {
+// The gradients (df, dW) when autograd records them (create_graph). The backward op has no derivative of its own,
+// so this node raises when they are differentiated again. (Autograd's fallback only warned, and dropped the
+// gradient.) stats is an optional, not a Tensor, because autograd cannot take an undefined Tensor as an input;
+// for the same reason the outputs are only those that output_mask asks for, in order.
+class GroupEnergyGradFn : public torch::autograd::Function<GroupEnergyGradFn> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& gg, const at::Tensor& f, const at::Tensor& W,
+                               const at::Tensor& groups, const std::optional<at::Tensor>& stats,
+                               std::array<bool, 2> mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [df, dW] = call_group_energy_backward(gg, f, W, groups, stats, mask);
+    variable_list asked;
+    if (mask[0]) asked.push_back(df);
+    if (mask[1]) asked.push_back(dW);
+    return asked;
+  }
+
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "group_energy: its fused op has first derivatives only, and its gradient (from autograd.grad(..., "
+                "create_graph=True)) was differentiated again. For second derivatives use "
+                "interpgan_ext.ops.group_energy_reference, which autograd differentiates twice.");
+  }
+};
+
+// The forward saves the statistics that the backward would otherwise recompute (group means and sums: on the
+// CPU a third of the backward's work). With kStats its outputs are group_energy_with_stats's, g and the
+// statistics (which have no gradient); else g alone (group_energy's: an output less to wrap, ~2 µs a call).
+template <bool kStats>
+class GroupEnergyFn : public torch::autograd::Function<GroupEnergyFn<kStats>> {
+ public:
+  static std::conditional_t<kStats, variable_list, at::Tensor> forward(AutogradContext* ctx, const at::Tensor& f,
+                                                                        const at::Tensor& W, const at::Tensor& groups) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [g, stats] = call_group_energy_with_stats(f, W, groups);
     ctx->save_for_backward({f, W, groups, stats});
-    return g;
+    if constexpr (kStats) {
+      ctx->mark_non_differentiable({stats});
+      return {g, stats};
+    } else {
+      return g;
+    }
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    // Without create_graph nothing records the backward: skip the autograd fallback's checks (the backward op
-    // has no derivative; with create_graph the fallback marks its outputs so that differentiating them raises).
-    std::optional<at::AutoDispatchBelowADInplaceOrView> no_graph;
-    if (!at::GradMode::is_enabled()) no_graph.emplace();
     // Only what this backward pass needs: the sampler and L_real want df alone, L_cd dW alone.
     const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    // Without create_graph nothing records the backward: skip its autograd kernel (group_energy_backward_autograd)
+    std::optional<at::AutoDispatchBelowADInplaceOrView> no_graph;
+    if (!at::GradMode::is_enabled()) no_graph.emplace();
     auto [df, dW] = call_group_energy_backward(grads[0], saved[0], saved[1], saved[2], saved[3], mask);
     return {df, dW, at::Tensor()};
   }
 };
 
+bool tracked(const at::Tensor& f, const at::Tensor& W) {
+  return at::GradMode::is_enabled() && (f.requires_grad() || W.requires_grad());
+}
+
 at::Tensor group_energy_autograd(const at::Tensor& f, const at::Tensor& W, const at::Tensor& groups) {
-  if (!at::GradMode::is_enabled() || !(f.requires_grad() || W.requires_grad())) {  // no graph: nothing to save
+  if (!tracked(f, W)) {  // no graph: nothing to save
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_group_energy(f, W, groups);
   }
-  return GroupEnergyFn::apply(f, W, groups);
+  return GroupEnergyFn<false>::apply(f, W, groups);
+}
+
+// Called directly (autograd calls it through group_energy), its g is differentiable too, as group_energy's.
+std::tuple<at::Tensor, at::Tensor> group_energy_with_stats_autograd(const at::Tensor& f, const at::Tensor& W,
+                                                                   const at::Tensor& groups) {
+  if (!tracked(f, W)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_group_energy_with_stats(f, W, groups);
+  }
+  auto out = GroupEnergyFn<true>::apply(f, W, groups);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor> group_energy_backward_autograd(const at::Tensor& gg, const at::Tensor& f,
+                                                                 const at::Tensor& W, const at::Tensor& groups,
+                                                                 const std::optional<at::Tensor>& stats,
+                                                                 std::array<bool, 2> mask) {
+  const bool recorded = at::GradMode::is_enabled() && (gg.requires_grad() || f.requires_grad() || W.requires_grad());
+  if (!recorded || !(mask[0] || mask[1])) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_group_energy_backward(gg, f, W, groups, stats, mask);
+  }
+  auto out = GroupEnergyGradFn::apply(gg, f, W, groups, stats, mask);
+  return {mask[0] ? out[0] : at::Tensor(), mask[1] ? out.back() : at::Tensor()};
 }
 
 at::Tensor call_langevin(const at::Tensor& z, const at::Tensor& grad, double step, double pw,
@@ -167,6 +229,8 @@ void langevin_inplace_autograd(at::Tensor& z, const at::Tensor& grad, double ste
 
 TORCH_LIBRARY_IMPL(interpgan, Autograd, m) {
   m.impl("group_energy", &interpgan::group_energy_autograd);
+  m.impl("group_energy_with_stats", &interpgan::group_energy_with_stats_autograd);
+  m.impl("group_energy_backward", &interpgan::group_energy_backward_autograd);
   m.impl("langevin_step", &interpgan::langevin_autograd);
   m.impl("langevin_step_", &interpgan::langevin_inplace_autograd);
 }

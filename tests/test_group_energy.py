@@ -1,4 +1,6 @@
 """group_energy against a float64 brute-force reference, its gradients, registration and errors."""
+import warnings
+
 import pytest
 import torch
 
@@ -183,6 +185,38 @@ def test_opcheck(device, seeded, product_kernels):
     torch.library.opcheck(torch.ops.interpgan.group_energy_with_stats, (f.detach(), W.detach(), groups))
     _, stats = torch.ops.interpgan.group_energy_with_stats(f.detach(), W.detach(), groups)
     torch.library.opcheck(torch.ops.interpgan.group_energy_backward, (gg, f.detach(), W.detach(), groups, stats))
+    # with inputs that require grad too (its g is differentiable, as group_energy's); the backward op's outputs
+    # refuse to be differentiated (next test), which opcheck's gradient tests would do
+    torch.library.opcheck(torch.ops.interpgan.group_energy_with_stats, (f, W, groups))
+
+
+@needs_ext
+def test_every_op_is_differentiable_once_and_says_so_when_differentiated_twice(device, seeded, product_kernels):
+    # Autograd's fallback for an op without an autograd kernel only warns, and drops the gradient: g from
+    # group_energy_with_stats got no gradient, and a second derivative came out as None. Now neither is silent.
+    f, W, groups = make_inputs(3, 7, 2, 3, 3, device, torch.float64, gen=seeded)
+    f.requires_grad_(True)
+    W.requires_grad_(True)
+    want = reference_backward(torch.ones(3, dtype=torch.float64, device=device), f.detach(), W.detach(), groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "autograd kernel was not registered" warning either
+        g, stats = torch.ops.interpgan.group_energy_with_stats(f, W, groups)
+        assert not stats.requires_grad
+        got = torch.autograd.grad(g.sum(), (f, W))
+        torch.testing.assert_close(got, want)
+        for mask in ([True, True], [True, False], [False, True]):  # create_graph: first derivatives as usual
+            inputs = [t for t, asked in zip((f, W), mask) if asked]
+            got = torch.autograd.grad(group_energy(f, W, groups).sum(), inputs, create_graph=True)
+            torch.testing.assert_close(got, tuple(w for w, asked in zip(want, mask) if asked))
+            assert all(t.requires_grad for t in got)
+            with pytest.raises(RuntimeError, match="first derivatives only.*group_energy_reference"):
+                got[0].sum().backward()
+        df, dW = torch.ops.interpgan.group_energy_backward(torch.ones(3, dtype=torch.float64, device=device,
+                                                                     requires_grad=True), f, W, groups)
+        with pytest.raises(RuntimeError, match="first derivatives only"):
+            torch.autograd.grad(dW.sum(), W)
+    # the reference is the way to second derivatives: it matches torch's numerical ones
+    assert torch.autograd.gradgradcheck(group_energy_reference, (f, W, groups))
 
 
 @needs_ext
