@@ -2,7 +2,6 @@
 // dispatcher (the backward is the registered op group_energy_backward), so AOTAutograd and
 // torch.compile trace them like any ATen op.
 #include <torch/autograd.h>
-#include <torch/csrc/autograd/VariableTypeUtils.h>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -128,8 +127,7 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_autograd(const at::Tens
                                                                  const at::Tensor& W, const at::Tensor& groups,
                                                                  const std::optional<at::Tensor>& stats,
                                                                  std::array<bool, 2> mask) {
-  const bool recorded = at::GradMode::is_enabled() && (gg.requires_grad() || f.requires_grad() || W.requires_grad());
-  if (!recorded || !(mask[0] || mask[1])) {
+  if (!(tracked(f, W) || (at::GradMode::is_enabled() && gg.requires_grad())) || !(mask[0] || mask[1])) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_group_energy_backward(gg, f, W, groups, stats, mask);
   }
@@ -221,7 +219,7 @@ void langevin_inplace_autograd(at::Tensor& z, const at::Tensor& grad, double ste
     at::AutoDispatchBelowADInplaceOrView guard;
     call_langevin_inplace(z, grad, step, pw, clip, noise, gen);
   }
-  torch::autograd::increment_version(z);
+  torch::autograd::impl::bump_version(z);
 }
 
 }  // namespace
