@@ -1,5 +1,5 @@
-// Operator schemas (namespace `interpgan`) and their CPU / CUDA kernels. Autograd and the fake (meta)
-// kernels are registered from Python, in interpgan_ext/ops/, next to each op's reference implementation.
+// Operator schemas (namespace `interpgan`) and their CPU / CUDA kernels. Autograd is registered in autograd.cpp,
+// the fake (meta) kernels from Python, in interpgan_ext/ops/, next to each op's reference implementation.
 #include <torch/library.h>
 
 #include "ops.h"
