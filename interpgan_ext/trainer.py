@@ -54,6 +54,7 @@ from .energy import EnergyModel
 from ._interrupt import StopRequests
 from ._progress import progress_bar
 from .ops import check_partition
+from .optim import adam, load_optimizer_state
 from .partition import FilterPartition, filter_descriptors
 from .runs import read_checkpoint, read_log_rows, resolve_device
 from .sampler import FeatureExtractor, LangevinSampler
@@ -302,9 +303,9 @@ class Trainer:
             self.D_train = DistributedDataParallel(self.D, device_ids=ids)
             with torch.no_grad():  # W starts equal on every rank
                 dist.broadcast(self.energy.W.data, 0)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
-        self.opt_W = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr_w, betas=betas)
+        self.opt_G = adam(self.G.parameters(), cfg.lr_g, betas)
+        self.opt_D = adam(self.D.parameters(), cfg.lr_d, betas)
+        self.opt_W = adam(self.energy.parameters(), cfg.lr_w, betas)
         self.q: Optional[torch.Tensor] = None
         self.z_gmm: Optional[torch.Tensor] = None
         self.group_sizes: Optional[list] = None  # the partition's, logged with every row until the next refit
@@ -481,7 +482,7 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.energy.load_state_dict(state["energy"])
         for name in ("opt_G", "opt_D", "opt_W"):
-            getattr(self, name).load_state_dict(state[name])
+            load_optimizer_state(getattr(self, name), state[name])
         if state["partition"] is not None:
             self.partition.load_state_dict(state["partition"])
         self.q, self.z_gmm, self.step = state["q"], state["z_gmm"], state["step"]

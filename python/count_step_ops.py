@@ -10,8 +10,8 @@ counts every op that reaches the dispatcher (a TorchDispatchMode), split by the 
 Langevin, W, G; "data+other" is the rest: the real batch, z, the loss read-back). The step is a usual one: after
 the first (which fits the GMM), and one that refits nothing. The trainer is bench_train.py's, with its options.
 
-On the CPU torch's Adam updates one tensor at a time (a dozen ops per parameter); on a GPU it takes all of them in a
-few multi-tensor ops, so the counts of D and G here overstate a GPU's.
+Each optimizer step is one op: the trainer's Adam is torch's fused kernel (interpgan_ext/optim.py), on the CPU as on
+a GPU.
 """
 import argparse
 import collections

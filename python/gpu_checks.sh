@@ -33,6 +33,8 @@ timeout "$(left)" python3 python/bench_train.py --device cuda --size 64 --width 
 cp /tmp/train_trace/profile_*.txt "$OUT/" 2>/dev/null
 # ops a step dispatches on the GPU (each a launch from the host), with the real images held there and drawn per step
 for mode in on off; do timeout "$(left)" python3 python/count_step_ops.py --device cuda --data-on-device $mode; done 2>&1 | tee "$OUT/step_ops_cuda.txt"
+# Adam's paths on the GPU (the trainer uses the fused one): a few seconds
+timeout "$(left)" python3 python/bench_optim.py --device cuda --json "$OUT/optim_cuda.json" 2>&1 | tee "$OUT/optim_cuda.txt"
 echo "gpu_checks: ${SECONDS} s of a ${BUDGET_S} s budget"
 if [ "${PACK:-0}" = 1 ]; then
   tar czf /tmp/gpu_checks.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_checks.tgz "$OUT/"
