@@ -12,6 +12,11 @@ class _StopForward(Exception):
     """Raised by the capture hook to end G's forward at the target layer."""
 
 
+def _version(t) -> Optional[int]:
+    """t's version counter (in-place writes move it); None where there is none (inference tensors, non-tensors)."""
+    return t._version if isinstance(t, torch.Tensor) and not t.is_inference() else None
+
+
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The sub-module at dotted path `name`; a clear error lists the valid names otherwise."""
     modules = dict(model.named_modules())
@@ -24,18 +29,27 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 
 class FeatureExtractor:
     """Runs G and returns the output f of one layer. With `stop=True` the forward ends there (G is not
-    run past the target layer, which the energy does not need)."""
+    run past the target layer, which the energy does not need).
+
+    A full forward (`images_and_features`) runs the modules after the layer too, and one of them may overwrite the
+    layer's output in place (`nn.ReLU(inplace=True)` after a BatchNorm chosen as the layer): f would then be that
+    module's output, while `features`, which stops at the layer, reads the layer's own. So the first full forward
+    keeps a copy of f and checks whether the output was written afterwards; if it was, every later one copies f too
+    (`copy_output`), else none does."""
 
     def __init__(self, G: nn.Module, layer: str):
         self.G, self.layer_name = G, layer
         self.layer = get_layer(G, layer)
+        self.copy_output: Optional[bool] = None  # unknown until the first full forward
 
     @contextmanager
-    def _hook(self, store: dict, stop: bool, edit: Optional[Callable] = None):
+    def _hook(self, store: dict, stop: bool, edit: Optional[Callable] = None, copy: bool = False):
         def hook(module, inputs, output):
             if edit is not None:
                 output = edit(output)
-            store["f"] = output
+            store["f"] = output.clone() if copy and isinstance(output, torch.Tensor) else output
+            store["output"] = output
+            store["version"] = _version(output)
             store["calls"] = store.get("calls", 0) + 1
             if stop:
                 raise _StopForward
@@ -65,12 +79,18 @@ class FeatureExtractor:
         The layer must run once per forward. A module that G calls twice (shared weights) has two outputs, and
         `features`, which stops at the first, would train on another f than this: a ValueError instead."""
         store = {}
-        with self._hook(store, stop=False):
+        with self._hook(store, stop=False, copy=self.copy_output is not False):
             x = (model or self.G)(z, *args, **kwargs)
         calls = store.get("calls", 0)
         if calls != 1:
             raise ValueError(f"layer {self.layer_name!r} ran {calls} times in one forward of G; the target layer "
                              "must run exactly once (choose a module that G calls once)")
+        written = store["version"] is not None and _version(store["output"]) != store["version"]
+        if self.copy_output is None:
+            self.copy_output = written
+        elif written and not self.copy_output:  # G wrote it in place this time only (data-dependent control flow)
+            raise RuntimeError(f"layer {self.layer_name!r}: its output was overwritten in place later in G's forward, "
+                               "and not in the first forward; set copy_output = True on this FeatureExtractor")
         return x, store["f"]
 
 

@@ -323,10 +323,12 @@ class Trainer:
         self._data_diversity, self._warned_collapse = None, False
 
     # -- pieces of a step --------------------------------------------------------------------------
+    @property
+    def _amp(self) -> bool:
+        return self.cfg.amp and self.device.type == "cuda"
+
     def _autocast(self):
-        if self.cfg.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self._amp else nullcontext()
 
     def _d_loss(self, real, fake):
         d = self.D_train(torch.cat([real, fake]))  # one forward: DDP expects one per backward
@@ -367,15 +369,19 @@ class Trainer:
         real = sample_real(self.real_data, cfg.batch_size, gen, dev).to(dev)
         if cfg.mirror:
             real = random_mirror(real, gen)
+        # One forward of G serves the D step (its images, detached) and the G step (through the updated D): G's
+        # weights do not change in between, as the D and W steps update D and W only. Each step used to run G on z
+        # twice, once without a graph for D; it also counted the batch twice in BatchNorm's running statistics.
+        with timer("G"):
+            with self._autocast():
+                x, f = self.extractor.images_and_features(z, model=self.G_train)
         # D step
         with timer("D"):
             self.D.requires_grad_(True)
-            with torch.no_grad(), self._autocast():
-                fake = self.G(z)
             if cfg.r1_gamma > 0:
                 real.requires_grad_(True)
             with self._autocast():
-                loss_D, d_real = self._d_loss(real, fake.float())
+                loss_D, d_real = self._d_loss(real, x.detach().float())
             if cfg.r1_gamma > 0:
                 (g_real,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
                 loss_D = loss_D + 0.5 * cfg.r1_gamma * g_real.pow(2).sum(dim=(1, 2, 3)).mean()
@@ -390,8 +396,13 @@ class Trainer:
             # W step: contrastive divergence between G's features and Langevin negatives, plus L_interp
             with frozen_batchnorm_stats(self.G):
                 with timer("Langevin"):
-                    with torch.no_grad():
-                        f_pos = self.extractor.features(z)
+                    # The positives are f at z: the G forward's (same weights, same batch statistics), unless it
+                    # ran under bf16 autocast; the negatives are float32, so then the positives are too.
+                    if not self._amp:
+                        f_pos = f.detach()
+                    else:
+                        with torch.no_grad():
+                            f_pos = self.extractor.features(z)
                     lgen = step_generator(cfg.seed, t, 2 + 1000 * self.rank, dev)
                     z_neg = self.sampler.sample(z, self.q, generator=lgen)
                     with torch.no_grad():
@@ -412,7 +423,6 @@ class Trainer:
         with timer("G"):
             self.D.requires_grad_(False)
             with self._autocast():
-                x, f = self.extractor.images_and_features(z, model=self.G_train)
                 loss_gan = self._g_gan_loss(x)
             loss_G = loss_gan.float()
             if cfg.interpretable:

@@ -64,6 +64,51 @@ def test_feature_extractor_stops_at_the_layer():
     assert x.shape == (2, 12) and G.calls_after_mid == 1
 
 
+class InPlaceAfterLayer(nn.Module):
+    """A generator whose target layer ("norm") is overwritten in place by the next module, as with
+    nn.ReLU(inplace=True) after a BatchNorm; `overwrite_from` > 0 does it only from that forward on."""
+
+    def __init__(self, overwrite_from=0):
+        super().__init__()
+        self.fc = nn.Linear(6, 4 * 9)
+        self.norm = nn.BatchNorm2d(4)
+        self.out = nn.Linear(36, 12)
+        self.forwards, self.overwrite_from = 0, overwrite_from
+
+    def forward(self, z):
+        h = self.norm(self.fc(z).view(-1, 4, 3, 3))
+        if self.forwards >= self.overwrite_from:
+            h = torch.relu_(h)
+        self.forwards += 1
+        return self.out(h.flatten(1))
+
+
+def test_a_full_forward_returns_the_layers_own_output_even_when_a_later_module_overwrites_it():
+    torch.manual_seed(0)
+    G, z = InPlaceAfterLayer(), torch.randn(5, 6)
+    ext = FeatureExtractor(G, "norm")
+    with torch.no_grad():
+        _, first = ext.images_and_features(z)  # the first full forward finds the overwrite
+    assert ext.copy_output is True
+    x, f = ext.images_and_features(z)
+    expected = ext.features(z)
+    assert (f < 0).any() and torch.equal(f, expected) and torch.equal(first, expected)  # not ReLU'd
+    # the copy stays in the graph: gradients reach the layers before it, through f and through x
+    (f.sum() + x.sum()).backward()
+    assert G.fc.weight.grad.abs().sum() > 0
+
+    # a layer nothing overwrites is not copied after the first forward
+    plain = FeatureExtractor(TinyG(), "mid")
+    plain.images_and_features(torch.randn(2, 6))
+    assert plain.copy_output is False
+    # and an overwrite that starts after the first forward (control flow on the data) is an error, not silent
+    late = FeatureExtractor(InPlaceAfterLayer(overwrite_from=1), "norm")
+    late.images_and_features(z)
+    assert late.copy_output is False
+    with pytest.raises(RuntimeError, match="overwritten in place"):
+        late.images_and_features(z)
+
+
 def test_unknown_layer_lists_names():
     try:
         get_layer(TinyG(), "nope")

@@ -522,3 +522,42 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     with open(tmp_path / "config.json") as fh:
         assert json.load(fh) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json"]
+
+
+@pytest.mark.parametrize("interpretable", [True, False])
+def test_a_step_runs_g_to_its_images_once_and_counts_the_batch_once(tmp_path, interpretable):
+    # One forward of G serves the D step and the G step (G's weights do not change between them), and in the
+    # interpretable step it also gives the W step's positives. Forwards that stop at the target layer (the
+    # Langevin chain, the negatives, L_gmm's images) never reach to_rgb, and count no batch.
+    tr = make_trainer(tmp_path, lambda0=1.0 if interpretable else 0.0)
+    tr.train_step()  # the first step also fits the partition
+    tr.step += 1
+    calls = []
+    hook = tr.G.to_rgb.register_forward_hook(lambda *args: calls.append(1))
+    layer_calls = []
+    layer_hook = tr.extractor.layer.register_forward_hook(lambda *args: layer_calls.append(1))
+    counted = int(tr.G.stem[2].num_batches_tracked)
+    try:
+        tr.train_step()
+    finally:
+        hook.remove()
+        layer_hook.remove()
+    assert len(calls) == 1
+    assert int(tr.G.stem[2].num_batches_tracked) == counted + 1
+    # through the target layer: the full forward, then (interpretable) the Langevin chain's T forwards, the
+    # negatives and L_gmm's images; no separate forward for the positives
+    assert len(layer_calls) == (1 + tr.cfg.langevin_steps + 2 if interpretable else 1)
+
+
+def test_a_target_layer_that_g_overwrites_in_place_is_copied(tmp_path):
+    # DCGAN's blocks end in ReLU(inplace=True): as the target layer, a block's BatchNorm is overwritten by it
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    config = TrainConfig(steps=2, batch_size=8, z_dim=16, n_groups=3, gmm_images=8, langevin_steps=1, device="cpu")
+    tr = Trainer(G, D, "blocks.0.1", SynthFaces(16, n=64), config, out_dir=str(tmp_path))
+    assert tr.extractor.copy_output is True
+    z = torch.randn(4, 16)
+    _, f = tr.extractor.images_and_features(z)
+    assert (f < 0).any() and torch.equal(f, tr.extractor.features(z))
+    assert Trainer(*build("dcgan", 16, z_dim=16, width=8), "blocks.0", SynthFaces(16, n=64), config,
+                   out_dir=str(tmp_path / "plain")).extractor.copy_output is False
