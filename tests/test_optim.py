@@ -7,9 +7,6 @@ import torch
 from interpgan_ext.optim import adam, can_fuse, load_optimizer_state
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-
-
 def make_params(seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(*shape, generator=gen).to(device)) for shape in ((7, 5), (3,), (2, 3, 4))]
@@ -45,7 +42,6 @@ def test_fused_updates_match_the_default_adam():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("saved_by", ["default", "fused"])
 def test_a_checkpoint_of_either_kind_resumes_fused_and_continues_the_same(saved_by, device):
     # A run saved (3 steps) by torch's default Adam, as checkpoints written before the trainer fused it, or by the

@@ -561,3 +561,16 @@ def test_a_target_layer_that_g_overwrites_in_place_is_copied(tmp_path):
     assert (f < 0).any() and torch.equal(f, tr.extractor.features(z))
     assert Trainer(*build("dcgan", 16, z_dim=16, width=8), "blocks.0", SynthFaces(16, n=64), config,
                    out_dir=str(tmp_path / "plain")).extractor.copy_output is False
+
+
+def test_a_run_with_amp_trains(tmp_path, device):
+    # bf16 autocast on CUDA (on the CPU amp is off): G's forward runs in bf16, the W step's positives are then
+    # computed again in float32, as its negatives are
+    tr = make_trainer(tmp_path, steps=3, device=device, amp=True)
+    assert tr._amp == (device == "cuda")
+    forward_dtypes = []
+    hook = tr.G.to_rgb.register_forward_hook(lambda module, inputs, output: forward_dtypes.append(output.dtype))
+    logs = tr.fit(progress=False)
+    hook.remove()
+    assert all(math.isfinite(logs[k]) for k in ("loss_D", "loss_G", "L_cd", "L_real", "L_gmm"))
+    assert set(forward_dtypes) == {torch.bfloat16 if device == "cuda" else torch.float32}
