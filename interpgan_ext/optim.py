@@ -1,9 +1,9 @@
 """The trainer's optimizer: Adam, fused where torch has a fused kernel for the parameters.
 
 torch's default Adam on the CPU updates one tensor at a time, a dozen ops per parameter, each a full pass over it.
-For the 32 px DCGAN's G and D (4.3 M parameters) that took 22 ms of a ~128 ms training step on 2 cores; the fused
-kernel, one pass over each tensor, took 5.4 ms (bench/results/README.md, "Fused Adam"). On a GPU it is one launch
-per step where the default multi-tensor path takes several.
+On 2 cores a step over the GPU job's DCGAN G and D (10.6 M parameters) took 27 ms that way and 5.3 ms fused; the
+main job's (1.4 M) 4.5 and 0.44 ms (bench/results/README.md, "Fused Adam"). On a GPU it is one launch per step
+where the default multi-tensor path takes several.
 """
 from typing import Iterable, Tuple
 
