@@ -270,7 +270,9 @@ class Trainer:
         if self.device.type == "cuda" and self.device.index is None and self.distributed:
             self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.manual_seed(cfg.seed)
-        self.G, self.D, self.layer, self.data = G.to(self.device), D.to(self.device), layer, data
+        # Train mode, as any training loop sets it: a G loaded from a checkpoint and left in eval mode would otherwise
+        # train with BatchNorm's running statistics and without its dropout, silently.
+        self.G, self.D, self.layer, self.data = G.to(self.device).train(), D.to(self.device).train(), layer, data
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.extractor = FeatureExtractor(self.G, layer)
         with torch.no_grad(), frozen_batchnorm_stats(self.G):

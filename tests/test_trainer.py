@@ -574,3 +574,15 @@ def test_a_run_with_amp_trains(tmp_path, device):
     hook.remove()
     assert all(math.isfinite(logs[k]) for k in ("loss_D", "loss_G", "L_cd", "L_real", "L_gmm"))
     assert set(forward_dtypes) == {torch.bfloat16 if device == "cuda" else torch.float32}
+
+
+def test_g_and_d_train_in_train_mode_even_when_given_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    G.eval(), D.eval()  # as after loading pretrained weights for inference
+    config = TrainConfig(steps=1, batch_size=8, z_dim=16, n_groups=3, gmm_images=8, langevin_steps=1, device="cpu")
+    tr = Trainer(G, D, G.default_layer, SynthFaces(16, n=64), config, out_dir=str(tmp_path))
+    assert tr.G.training and tr.D.training and not tr.G_ema.training
+    counted = int(tr.G.stem[2].num_batches_tracked)
+    tr.fit(progress=False)
+    assert int(tr.G.stem[2].num_batches_tracked) == counted + 1  # batch statistics, counted once a step
