@@ -116,13 +116,23 @@ class LangevinSampler:
             (grad,) = torch.autograd.grad(g.sum(), z)
         return grad, g.detach()
 
+    def energy_grad_of(self, f: torch.Tensor, z: torch.Tensor, q: torch.Tensor):
+        """(d g_W / dz, g_W) from features f that a forward of G at z has already computed, with its graph kept
+        (z requires grad). The graph is retained for the caller's own backward."""
+        g = self.energy(f, q)
+        (grad,) = torch.autograd.grad(g.sum(), z, retain_graph=True)
+        return grad, g.detach()
+
     def sample(self, z: torch.Tensor, q: torch.Tensor, generator: Optional[torch.Generator] = None,
-               edit: Optional[Callable] = None, return_energies: bool = False):
-        """z after `steps` steps (a new tensor). With return_energies, also g_W at each step [T, B]."""
+               edit: Optional[Callable] = None, return_energies: bool = False, first=None):
+        """z after `steps` steps (a new tensor). With return_energies, also g_W at each step [T, B].
+
+        `first`: (grad, g) at z, where the caller has them (`energy_grad_of`: the trainer takes them from its own
+        forward of G); the first step then runs no forward of its own."""
         z = z.detach().clone()
         energies = []
-        for _ in range(self.steps):
-            grad, g = self.energy_grad(z, q, edit)
+        for t in range(self.steps):
+            grad, g = first if t == 0 and first is not None else self.energy_grad(z, q, edit)
             energies.append(g)
             langevin_step(z, grad.to(z.dtype), self.step_size, self.prior_weight, self.drift_clip,
                           generator=generator, out=z)

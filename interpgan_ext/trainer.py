@@ -374,9 +374,11 @@ class Trainer:
         # One forward of G serves the D step (its images, detached) and the G step (through the updated D): G's
         # weights do not change in between, as the D and W steps update D and W only. Each step used to run G on z
         # twice, once without a graph for D; it also counted the batch twice in BatchNorm's running statistics.
+        # In float32 the same forward also gives the Langevin chain its first gradient (d g_W / dz at z): z needs grad.
+        chain_from_forward = cfg.interpretable and cfg.langevin_steps > 0 and not self._amp
         with timer("G"):
             with self._autocast():
-                x, f = self.extractor.images_and_features(z, model=self.G_train)
+                x, f = self.extractor.images_and_features(z.requires_grad_(chain_from_forward), model=self.G_train)
         # D step
         with timer("D"):
             self.D.requires_grad_(True)
@@ -406,7 +408,8 @@ class Trainer:
                         with torch.no_grad():
                             f_pos = self.extractor.features(z)
                     lgen = step_generator(cfg.seed, t, 2 + 1000 * self.rank, dev)
-                    z_neg = self.sampler.sample(z, self.q, generator=lgen)
+                    first = self.sampler.energy_grad_of(f, z, self.q) if chain_from_forward else None
+                    z_neg = self.sampler.sample(z, self.q, generator=lgen, first=first)
                     with torch.no_grad():
                         f_neg = self.extractor.features(z_neg)
                 with timer("W"):

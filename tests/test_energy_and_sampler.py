@@ -109,6 +109,24 @@ def test_a_full_forward_returns_the_layers_own_output_even_when_a_later_module_o
         late.images_and_features(z)
 
 
+def test_a_chain_started_from_the_callers_forward_is_the_same_chain():
+    # The trainer gives the sampler its first gradient from its own forward of G (energy_grad_of); the chain must be
+    # the one the sampler would have run, to the bit.
+    torch.manual_seed(0)
+    G = InPlaceAfterLayer()
+    q = torch.tensor([0, 1, 1, 0])
+    sampler = LangevinSampler(G, "norm", EnergyModel(4, 2, 9), steps=3, step_size=0.2)
+    z = torch.randn(5, 6, requires_grad=True)
+    _, f = FeatureExtractor(G, "norm").images_and_features(z)
+    first = sampler.energy_grad_of(f, z, q)
+    grad, g = sampler.energy_grad(z, q)
+    assert torch.equal(first[0], grad) and torch.equal(first[1], g) and first[1].grad_fn is None
+    started = sampler.sample(z, q, generator=torch.Generator().manual_seed(1), first=first, return_energies=True)
+    plain = sampler.sample(z, q, generator=torch.Generator().manual_seed(1), return_energies=True)
+    assert torch.equal(started[0], plain[0]) and torch.equal(started[1], plain[1])
+    assert f.grad_fn is not None  # the caller's graph is kept for its own backward
+
+
 def test_unknown_layer_lists_names():
     try:
         get_layer(TinyG(), "nope")

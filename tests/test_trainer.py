@@ -527,7 +527,7 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
 @pytest.mark.parametrize("interpretable", [True, False])
 def test_a_step_runs_g_to_its_images_once_and_counts_the_batch_once(tmp_path, interpretable):
     # One forward of G serves the D step and the G step (G's weights do not change between them), and in the
-    # interpretable step it also gives the W step's positives. Forwards that stop at the target layer (the
+    # interpretable step it also gives the W step's positives and the Langevin chain's first gradient. Forwards that stop at the target layer (the
     # Langevin chain, the negatives, L_gmm's images) never reach to_rgb, and count no batch.
     tr = make_trainer(tmp_path, lambda0=1.0 if interpretable else 0.0)
     tr.train_step()  # the first step also fits the partition
@@ -544,9 +544,9 @@ def test_a_step_runs_g_to_its_images_once_and_counts_the_batch_once(tmp_path, in
         layer_hook.remove()
     assert len(calls) == 1
     assert int(tr.G.stem[2].num_batches_tracked) == counted + 1
-    # through the target layer: the full forward, then (interpretable) the Langevin chain's T forwards, the
-    # negatives and L_gmm's images; no separate forward for the positives
-    assert len(layer_calls) == (1 + tr.cfg.langevin_steps + 2 if interpretable else 1)
+    # through the target layer: the full forward, then (interpretable) the Langevin chain's forwards after its first
+    # step (whose gradient comes from the full forward), the negatives and L_gmm's images; none for the positives
+    assert len(layer_calls) == (1 + (tr.cfg.langevin_steps - 1) + 2 if interpretable else 1)
 
 
 def test_a_target_layer_that_g_overwrites_in_place_is_copied(tmp_path):
