@@ -110,17 +110,16 @@ class LangevinSampler:
         self.prior_weight, self.drift_clip = prior_weight, drift_clip
 
     def energy_grad(self, z: torch.Tensor, q: torch.Tensor, edit: Optional[Callable] = None):
+        """(d g_W / dz, g_W) at z, from a forward of G up to the layer."""
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
-            g = self.energy(self.extractor.features(z, edit=edit), q)
-            (grad,) = torch.autograd.grad(g.sum(), z)
-        return grad, g.detach()
+            return self.energy_grad_of(self.extractor.features(z, edit=edit), z, q, retain_graph=False)
 
-    def energy_grad_of(self, f: torch.Tensor, z: torch.Tensor, q: torch.Tensor):
+    def energy_grad_of(self, f: torch.Tensor, z: torch.Tensor, q: torch.Tensor, retain_graph: bool = True):
         """(d g_W / dz, g_W) from features f that a forward of G at z has already computed, with its graph kept
-        (z requires grad). The graph is retained for the caller's own backward."""
+        (z requires grad). By default the graph is retained, for the caller's own backward."""
         g = self.energy(f, q)
-        (grad,) = torch.autograd.grad(g.sum(), z, retain_graph=True)
+        (grad,) = torch.autograd.grad(g.sum(), z, retain_graph=retain_graph)
         return grad, g.detach()
 
     def sample(self, z: torch.Tensor, q: torch.Tensor, generator: Optional[torch.Generator] = None,
