@@ -48,11 +48,11 @@ class FeatureExtractor:
             if edit is not None:
                 output = edit(output)
             store["f"] = output.clone() if copy and isinstance(output, torch.Tensor) else output
-            store["output"] = output
-            store["version"] = _version(output)
             store["calls"] = store.get("calls", 0) + 1
             if stop:
                 raise _StopForward
+            # a full forward goes on: images_and_features then checks whether a later module wrote the output
+            store["output"], store["version"] = output, _version(output)
             return output
 
         handle = self.layer.register_forward_hook(hook)
