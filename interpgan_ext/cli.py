@@ -205,13 +205,17 @@ def _segmenter_for(run, args):
 def _eval(args):
     from .metrics import default_extractor, evaluate_run
     from .metrics.evaluate import compare_with_baseline
+    from .metrics.realism import inception_weights_path
     from .report import format_table, summary_rows
 
     run = _load(args.run, args.device)
     seg, scores = _segmenter_for(run, args)
     extractor = None
-    if seg is not None or args.inception:
+    if seg is not None or inception_weights_path(args.inception):
         extractor = default_extractor(seg.__self__ if seg is not None else None, args.inception, device=run.device)
+    else:  # no segmenter's encoder to borrow, and nothing may be downloaded
+        print("note: FID/KID skipped: the run's data has no part segmenter whose encoder could serve; give local "
+              "Inception-v3 weights (--inception PATH or INTERPGAN_INCEPTION_WEIGHTS)")
     kw = dict(n_images=args.images, n_pairs=args.pairs, batch_size=args.batch_size, seed=args.seed,
               progress=not args.no_progress)
     metrics = evaluate_run(run, segmenter=seg, extractor=extractor, **kw)

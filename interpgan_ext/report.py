@@ -88,10 +88,16 @@ def _table(rows, header) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _fmt(v):
+def _cell(v) -> str:
+    """A table cell's text. A metric the run has no data for (IoU without part labels, FID without an
+    extractor) is NaN: n/a."""
     if isinstance(v, float):
-        return "n/a" if not math.isfinite(v) else f"{v:.4g}"
-    return html.escape(str(v))
+        return f"{v:.4g}" if math.isfinite(v) else "n/a"
+    return str(v)
+
+
+def _fmt(v):
+    return html.escape(_cell(v))
 
 
 def summary_rows(metrics: dict, baseline: Optional[dict] = None):
@@ -117,16 +123,13 @@ def summary_rows(metrics: dict, baseline: Optional[dict] = None):
 
 def format_table(names, rows, markdown: bool = False) -> str:
     """A plain-text (or Markdown) table: one column per name, one line per (metric, value, ...) row."""
-    def cell(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
     if markdown:
         lines = ["| metric | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
-        return "\n".join(lines + ["| " + " | ".join([r[0], *map(cell, r[1:1 + len(names)])]) + " |" for r in rows])
+        return "\n".join(lines + ["| " + " | ".join([r[0], *map(_cell, r[1:1 + len(names)])]) + " |" for r in rows])
     width = max(len(r[0]) for r in [("metric",), *rows])
-    col = max([14, *map(len, names), *(len(cell(v)) for r in rows for v in r[1:1 + len(names)])])
+    col = max([14, *map(len, names), *(len(_cell(v)) for r in rows for v in r[1:1 + len(names)])])
     lines = [f"{'metric':<{width}}  " + "  ".join(f"{n:>{col}}" for n in names)]
-    return "\n".join(lines + [f"{r[0]:<{width}}  " + "  ".join(f"{cell(v):>{col}}" for v in r[1:1 + len(names)])
+    return "\n".join(lines + [f"{r[0]:<{width}}  " + "  ".join(f"{_cell(v):>{col}}" for v in r[1:1 + len(names)])
                               for r in rows])
 
 

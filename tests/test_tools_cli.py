@@ -131,6 +131,38 @@ def test_visualize_eval_report(runs, capsys):
     assert "Where a training step's time goes" in page and os.path.exists(os.path.join(interp, "report", "time_split.png"))
 
 
+def test_eval_of_a_run_on_a_folder_says_what_it_cannot_measure_and_takes_inception_weights_from_the_env(
+        tmp_path, capsys, monkeypatch):
+    # a folder of images has no part labels and no segmenter: IoU is n/a, and FID/KID need local Inception weights
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(12):
+        Image.fromarray((torch.rand(20, 24, 3, generator=g) * 255).byte().numpy()).save(folder / f"{i}.png")
+    run = str(tmp_path / "run")
+    monkeypatch.setenv("INTERPGAN_CACHE", "off")
+    monkeypatch.delenv("INTERPGAN_INCEPTION_WEIGHTS", raising=False)
+    cli_main(["train", *TINY, "--data", str(folder), "--out", run])
+    capsys.readouterr()
+    cli_main(["eval", run, *EVAL])
+    out = capsys.readouterr().out
+    assert "no part labels" in out and "FID/KID skipped" in out and "INTERPGAN_INCEPTION_WEIGHTS" in out
+    row = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in out.splitlines() if "  " in line}
+    assert row["mean group-part IoU"] == row["FID"] == "n/a" and float(row["locality, every GMM group (lower is better)"]) > 0
+    with open(os.path.join(run, "metrics.json")) as fh:
+        assert "realism" not in json.load(fh)
+
+    tv = pytest.importorskip("torchvision")  # the weights file the environment names is used, as --inception's
+    weights = tmp_path / "inception.pt"
+    torch.save(tv.models.inception_v3(weights=None, aux_logits=False, init_weights=False).state_dict(), weights)
+    monkeypatch.setenv("INTERPGAN_INCEPTION_WEIGHTS", str(weights))
+    cli_main(["eval", run, *EVAL, "--images", "4"])
+    assert "FID/KID skipped" not in capsys.readouterr().out
+    with open(os.path.join(run, "metrics.json")) as fh:
+        realism = json.load(fh)["realism"]
+    assert realism["extractor"] == "inception-v3" and realism["fid"] >= 0
+
+
 def test_curves_read_the_log_and_the_smallest_group_comes_from_the_sizes():
     from interpgan_ext.report import curve
 
@@ -261,7 +293,7 @@ def test_runs_table_puts_runs_side_by_side_and_warns_on_different_segmenters():
     row = {line.rsplit(None, 2)[0].strip(): line.split()[-2:] for line in lines[1:]}
     assert row["mean group-part IoU"] == ["0.29", "0.26"]
     assert row["smallest group (filters)"] == ["2", "28"]
-    assert row["group purity"] == ["nan", "nan"]  # not in these metrics: shown as missing, not as 0
+    assert row["group purity"] == ["n/a", "n/a"]  # not in these metrics: shown as missing, not as 0
     md, _ = runs_table([("seed0", a), ("seed1", b)], markdown=True)
     assert md.splitlines()[1] == "| --- | --- | --- |" and "| group sizes | 2,46,80 | 28,40,60 |" in md
     _, warnings = runs_table([("seed0", a), ("other", _metrics(0.2, [1, 2], 0.841, "bb"))])

@@ -126,10 +126,15 @@ class DomainExtractor:
         return self.segmenter.encode(images)
 
 
+def inception_weights_path(inception_weights: Optional[str] = None) -> Optional[str]:
+    """The local Inception-v3 weights to use: the path given, else $INTERPGAN_INCEPTION_WEIGHTS, else None."""
+    return inception_weights or os.environ.get("INTERPGAN_INCEPTION_WEIGHTS") or None
+
+
 def default_extractor(segmenter=None, inception_weights: Optional[str] = None, device="cpu"):
     """Inception-v3 from `inception_weights` (or $INTERPGAN_INCEPTION_WEIGHTS) when given; else the segmenter's
     encoder."""
-    path = inception_weights or os.environ.get("INTERPGAN_INCEPTION_WEIGHTS")
+    path = inception_weights_path(inception_weights)
     if path:
         return InceptionExtractor(path, device)
     if segmenter is None:
