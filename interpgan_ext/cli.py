@@ -185,7 +185,9 @@ def _visualize(args):
 def _segmenter_for(run, args):
     from .metrics import load_or_train_segmenter
 
-    if run.meta.get("data", "synth-faces") not in ("synth-faces", "synth", "synthfaces"):
+    from .data import is_synth_faces
+
+    if not is_synth_faces(run.meta.get("data", "synth-faces")):
         print("note: the run's data has no part labels; IoU is skipped and locality uses thresholded activations")
         return None, None
     seg, scores = load_or_train_segmenter(args.run, run.meta["size"], device=run.device, steps=args.seg_steps,

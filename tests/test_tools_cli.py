@@ -131,18 +131,27 @@ def test_visualize_eval_report(runs, capsys):
     assert "Where a training step's time goes" in page and os.path.exists(os.path.join(interp, "report", "time_split.png"))
 
 
-def test_eval_of_a_run_on_a_folder_says_what_it_cannot_measure_and_takes_inception_weights_from_the_env(
-        tmp_path, capsys, monkeypatch):
-    # a folder of images has no part labels and no segmenter: IoU is n/a, and FID/KID need local Inception weights
-    folder = tmp_path / "images"
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run on a folder of images: no part labels, no attributes."""
+    root = tmp_path_factory.mktemp("folder")
+    folder = root / "images"
     folder.mkdir()
     g = torch.Generator().manual_seed(0)
     for i in range(12):
         Image.fromarray((torch.rand(20, 24, 3, generator=g) * 255).byte().numpy()).save(folder / f"{i}.png")
-    run = str(tmp_path / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INTERPGAN_CACHE", "off")
+        cli_main(["train", *TINY, "--data", str(folder), "--out", str(root / "run")])
+    return str(root / "run")
+
+
+def test_eval_of_a_run_on_a_folder_says_what_it_cannot_measure_and_takes_inception_weights_from_the_env(
+        folder_run, tmp_path, capsys, monkeypatch):
+    # a folder of images has no part labels and no segmenter: IoU is n/a, and FID/KID need local Inception weights
+    run = folder_run
     monkeypatch.setenv("INTERPGAN_CACHE", "off")
     monkeypatch.delenv("INTERPGAN_INCEPTION_WEIGHTS", raising=False)
-    cli_main(["train", *TINY, "--data", str(folder), "--out", run])
     capsys.readouterr()
     cli_main(["eval", run, *EVAL])
     out = capsys.readouterr().out
@@ -161,6 +170,33 @@ def test_eval_of_a_run_on_a_folder_says_what_it_cannot_measure_and_takes_incepti
     with open(os.path.join(run, "metrics.json")) as fh:
         realism = json.load(fh)["realism"]
     assert realism["extractor"] == "inception-v3" and realism["fid"] >= 0
+
+
+def test_analysis_verbs_show_progress_and_warn_when_their_labels_come_from_synthfaces(folder_run, runs, tmp_path,
+                                                                                        capsys):
+    # the segmenter is trained afresh here (a few steps, in copies of the runs): its progress bar shows, and a run
+    # on other data than SynthFaces gets a warning that the part labels are SynthFaces'
+    folder, synth = str(tmp_path / "folder"), str(tmp_path / "synth")
+    shutil.copytree(folder_run, folder)
+    shutil.copytree(runs[0], synth)
+    args = ["--samples", "4", "--k", "1", "--seg-steps", "3", "--device", "cpu"]
+    cli_main(["latent-shift", folder, *args])
+    err = capsys.readouterr().err
+    assert "interpgan latent-shift: warning: this run was trained on" in err and "no part labels" in err
+    assert "train" in err and "3/3" in err  # the segmenter's bar
+    cli_main(["latent-shift", synth, *args, "--no-progress"])
+    assert capsys.readouterr().err == ""  # a SynthFaces run: no warning; --no-progress: no bar
+    cli_main(["learn-directions", synth, "--k", "2", "--steps", "3", "--device", "cpu"])
+    assert "directions" in capsys.readouterr().err
+
+
+def test_every_verb_that_takes_a_run_takes_no_progress():
+    parser, _ = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for verb, p in verbs.items():
+        dests = {a.dest for a in p._actions}
+        if "run" in dests and verb not in ("swap", "visualize", "report", "table"):  # those four take seconds
+            assert "no_progress" in dests, verb
 
 
 def test_curves_read_the_log_and_the_smallest_group_comes_from_the_sizes():

@@ -10,6 +10,18 @@ from ..metrics.segmenter import DEFAULT_STEPS as SEG_STEPS
 from ..viz import labelled_rows
 
 
+def _warn_labels_from_synthfaces(run, verb: str, what: str = "part labels"):
+    """The part segmenter and the attribute classifier learn SynthFaces' labels. On a run trained on other images
+    they still label what they see, as if it were SynthFaces: say so, rather than pass that off as the run's."""
+    from ..data import is_synth_faces
+
+    data = run.meta.get("data", "synth-faces")
+    if not is_synth_faces(data):
+        print(f"interpgan {verb}: warning: this run was trained on {data!r}, which has no {what}. The {what} here "
+              "come from a model trained on SynthFaces, and mean something only as far as the run's images look "
+              "like SynthFaces' faces.", file=sys.stderr)
+
+
 def _direction_grid(run, directions, strengths, path, layers=None, n_images=4, seed=0):
     from .directions import edit_along
 
@@ -61,8 +73,9 @@ def latent_shift_cmd(run, args):
     if layers is not None:
         sys.exit("interpgan latent-shift: needs directions in z (a G whose first Linear reads z)")
     dirs, _ = sefa(linear_weights(run.G, names), args.k)
+    _warn_labels_from_synthfaces(run, "latent-shift", "part labels")
     seg, _ = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
-                                     progress=False)
+                                     progress=not args.no_progress)
     z = run.latents(args.samples, args.seed)
     with torch.no_grad():
         bg = seg.segment(run.G(z)) == PARTS.index("background")
@@ -97,8 +110,9 @@ def resolve_direction(run, spec: str, args):
 
         if which not in ATTRIBUTES:
             raise ValueError(f"direction {spec!r}: unknown attribute; choose from {ATTRIBUTES}")
+        _warn_labels_from_synthfaces(run, "invert", "attributes")
         clf, _ = load_or_train_attribute_classifier(run.path, run.meta["size"], device=run.device,
-                                                    steps=args.clf_steps, progress=False)
+                                                    steps=args.clf_steps, progress=not args.no_progress)
         z = run.latents(2000, args.seed + 9)
         with torch.no_grad():
             scores = torch.cat([clf.scores(run.G(zb)) for zb in z.split(256)])[:, ATTRIBUTES.index(which)]
@@ -112,7 +126,8 @@ def resolve_direction(run, spec: str, args):
     if method == "learned":
         from .learned import learn_directions
 
-        return learn_directions(run.G, run.z_dim, k + 1, steps=200, device=run.device)[0][k], None, alpha
+        return learn_directions(run.G, run.z_dim, k + 1, steps=200, device=run.device,
+                                progress=not args.no_progress)[0][k], None, alpha
     raise ValueError(f"direction {spec!r}: METHOD must be sefa, ganspace, learned or boundary")
 
 
@@ -158,8 +173,9 @@ def ace_cmd(run, args):
     if args.part not in PARTS:
         sys.exit(f"interpgan ace: unknown part {args.part!r}; choose from {PARTS}")
     p = PARTS.index(args.part)
+    _warn_labels_from_synthfaces(run, "ace", "part labels")
     seg, _ = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
-                                     progress=False)
+                                     progress=not args.no_progress)
     score = lambda x: (seg.segment(x) == p).float().mean((1, 2))  # noqa: E731
     z = run.latents(args.samples, args.seed)
     with torch.no_grad(), deterministic(run.G):
@@ -184,8 +200,9 @@ def boundaries_cmd(run, args):
     from .attributes import load_or_train_attribute_classifier
     from .directions import conditional_boundary, rescoring, svm_boundary
 
+    _warn_labels_from_synthfaces(run, "boundaries", "attributes")
     clf, held_out = load_or_train_attribute_classifier(run.path, run.meta["size"], device=run.device,
-                                                       steps=args.clf_steps, progress=False)
+                                                       steps=args.clf_steps, progress=not args.no_progress)
     z = run.latents(args.samples, args.seed + 1)
     with torch.no_grad():
         scores = torch.cat([clf.scores(run.G(zb)) for zb in z.split(256)]).cpu()
@@ -217,7 +234,7 @@ def learn_directions_cmd(run, args):
     from .learned import learn_directions
 
     dirs, _, acc = learn_directions(run.G, run.z_dim, args.k, steps=args.steps, kind=args.kind, device=run.device,
-                                    seed=args.seed)
+                                    seed=args.seed, progress=not args.no_progress)
     path = _direction_grid(run, dirs, args.strengths, args.out or os.path.join(run.path, "learned_directions.png"),
                            n_images=2, seed=args.seed)
     print(f"learned {args.k} {args.kind} directions; the reconstructor tells them apart {acc:.1%} of the time"
@@ -228,7 +245,8 @@ def learn_directions_cmd(run, args):
 def steer_cmd(run, args):
     from .learned import learn_walk
 
-    w, loss = learn_walk(run.G, run.z_dim, args.edit, steps=args.steps, device=run.device, seed=args.seed)
+    w, loss = learn_walk(run.G, run.z_dim, args.edit, steps=args.steps, device=run.device, seed=args.seed,
+                         progress=not args.no_progress)
     path = _direction_grid(run, [w / w.norm().clamp_min(1e-12)], [a * float(w.norm()) for a in (-1, -0.5, 0, 0.5, 1)],
                            args.out or os.path.join(run.path, f"steer_{args.edit}.png"), n_images=2, seed=args.seed)
     print(f"walk for {args.edit}: |w| = {float(w.norm()):.3f}, final loss {loss:.4f}\nwrote {path}")
@@ -264,9 +282,11 @@ def compare_cmd(run, args):
 
     base = load_run(args.baseline, device=str(run.device))
     size = run.meta["size"]
-    seg, _ = load_or_train_segmenter(run.path, size, device=run.device, steps=args.seg_steps, progress=False)
+    _warn_labels_from_synthfaces(run, "compare", "part labels and attributes")
+    seg, _ = load_or_train_segmenter(run.path, size, device=run.device, steps=args.seg_steps,
+                                     progress=not args.no_progress)
     clf, _ = load_or_train_attribute_classifier(run.path, size, device=run.device, steps=args.clf_steps,
-                                                progress=False)
+                                                progress=not args.no_progress)
     c = compare_runs(run, base, seg.segment, clf, n_images=args.images, n_samples=args.samples, seed=args.seed)
     path = args.out or os.path.join(run.path, "compare.json")
     atomic_write_json(c, path)
@@ -297,9 +317,11 @@ def dissect_cmd(run, args):
     from ..viz import activation_overlay
     from .causal import artifact_units, rank_units_by_ace
 
+    _warn_labels_from_synthfaces(run, "dissect", "part labels")
     seg, scores = load_or_train_segmenter(run.path, run.meta["size"], device=run.device, steps=args.seg_steps,
-                                          progress=False)
-    m = evaluate_run(run, segmenter=seg.segment, n_images=args.images, n_pairs=4, seed=args.seed, progress=False)
+                                          progress=not args.no_progress)
+    m = evaluate_run(run, segmenter=seg.segment, n_images=args.images, n_pairs=4, seed=args.seed,
+                     progress=not args.no_progress)
     filters = m["dissection"]["filters"]
     z = run.latents(8, args.seed)
     with torch.no_grad(), deterministic(run.G):
@@ -368,7 +390,6 @@ def add_parsers(sub):
     iv.add_argument("--n", type=POSITIVE, default=8, help="images inverted")
     iv.add_argument("--steps", type=NON_NEGATIVE, default=200, help="optimisation steps, from the encoder's guess")
     iv.add_argument("--encoder-steps", type=POSITIVE, default=500, help="training steps of the image-to-z encoder")
-    iv.add_argument("--no-progress", action="store_true", help="no progress bars")
     iv.add_argument("--swap-group", type=int, nargs="+", default=None,
                     help="then swap these groups between consecutive inverted images")
     iv.add_argument("--direction", nargs="+", default=None, metavar="METHOD:WHICH:ALPHA",
@@ -424,6 +445,7 @@ def add_parsers(sub):
     for p in parsers.values():
         p.add_argument("run", help="run directory")
         p.add_argument("--out", default=None, help="output path (default: in the run directory)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.add_argument("baseline", help="the baseline run (lambda0 = 0)")
     return {"sefa": sefa_cmd, "ganspace": ganspace_cmd, "latent-shift": latent_shift_cmd, "invert": invert_cmd,
             "ace": ace_cmd, "boundaries": boundaries_cmd, "learn-directions": learn_directions_cmd,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._progress import progress_bar
 from ..edit import deterministic
 
 
@@ -52,14 +53,14 @@ class Reconstructor(nn.Module):
 
 def learn_directions(G: nn.Module, z_dim: int, K: int, steps: int = 500, batch_size: int = 32, kind: str = "ortho",
                      max_shift: float = 6.0, lr: float = 1e-3, shift_weight: float = 0.25, seed: int = 0,
-                     device="cpu"):
+                     device="cpu", progress: bool = False):
     """(directions [K, z_dim], reconstructor, accuracy of telling k over the last 50 steps)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     A, R = DirectionMatrix(z_dim, K, kind).to(device), Reconstructor(K).to(device)
     opt = torch.optim.Adam(list(A.parameters()) + list(R.parameters()), lr=lr)
     hits = []
-    with deterministic(G):
+    with deterministic(G), progress_bar(steps, "directions", progress) as bar:
         G.requires_grad_(False)
         for _ in range(steps):
             z = torch.randn(batch_size, z_dim, generator=gen).to(device)
@@ -73,6 +74,8 @@ def learn_directions(G: nn.Module, z_dim: int, K: int, steps: int = 500, batch_s
             loss.backward()
             opt.step()
             hits.append((logits.argmax(1) == k).float().mean().item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", accuracy=f"{hits[-1]:.2f}")
     return A().detach(), R.eval(), sum(hits[-50:]) / len(hits[-50:])
 
 
@@ -103,7 +106,7 @@ EDITS: Dict[str, Callable] = {"zoom": zoom, "shift": shift_x, "brightness": brig
 
 
 def learn_walk(G: nn.Module, z_dim: int, edit: str = "brightness", steps: int = 300, batch_size: int = 32,
-               max_alpha: float = 0.5, lr: float = 0.05, seed: int = 0, device="cpu"):
+               max_alpha: float = 0.5, lr: float = 0.05, seed: int = 0, device="cpu", progress: bool = False):
     """(walk w [z_dim], final loss): minimises || G(z + alpha w) - edit(G(z), alpha) ||^2 over z and alpha, with
     alpha uniform in [-max_alpha, max_alpha] (the step in z is alpha * w / max_alpha * 3)."""
     if edit not in EDITS:
@@ -113,7 +116,7 @@ def learn_walk(G: nn.Module, z_dim: int, edit: str = "brightness", steps: int = 
     w = torch.zeros(z_dim, device=device, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr)
     scale = 3.0 / max_alpha
-    with deterministic(G):
+    with deterministic(G), progress_bar(steps, "walk", progress) as bar:
         G.requires_grad_(False)
         for _ in range(steps):
             z = torch.randn(batch_size, z_dim, generator=gen).to(device)
@@ -124,4 +127,7 @@ def learn_walk(G: nn.Module, z_dim: int, edit: str = "brightness", steps: int = 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            bar.update(1)
+            if progress:  # .item() waits for a GPU
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     return w.detach() * scale, loss.item()
