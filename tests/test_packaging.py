@@ -34,3 +34,16 @@ def test_sdist_holds_every_header_the_sources_include(tmp_path):
             if not any(c in names for c in candidates):
                 missing.append(f"{name} includes {header}")
     assert not missing, missing
+
+
+def test_every_file_and_picture_the_readme_names_is_in_the_repository():
+    # the README shows measured pictures and points at scripts and results: a move under bench/ or python/ must not
+    # leave it pointing at nothing
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    pictures = re.findall(r'<img src="([^"]+)"', text)
+    paths = [p for p in re.findall(r"`([^`\s]+)`", text)
+             if p.startswith(("bench/", "python/", "csrc/", "interpgan_ext/", "tests/")) and "*" not in p]
+    assert len(pictures) >= 3 and paths
+    missing = [p for p in pictures + paths if not os.path.exists(os.path.join(ROOT, p))]
+    assert not missing, f"README.md names files that are not in the repository: {missing}"
