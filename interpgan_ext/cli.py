@@ -167,6 +167,7 @@ def _swap(args):
 
 
 def _visualize(args):
+    from .data import is_synth_faces
     from .viz import visualize_run
 
     run = _load(args.run, args.device)
@@ -175,7 +176,7 @@ def _visualize(args):
     if os.path.exists(mpath):
         with open(mpath) as fh:
             metrics = json.load(fh)
-    else:
+    elif is_synth_faces(run.meta.get("data", "synth-faces")):  # other data has no parts to chart
         print("note: no metrics.json (interpgan eval writes it); the per-part charts are left out")
     paths = visualize_run(run, args.out or os.path.join(args.run, "figures"), n_images=args.images,
                           n_filters=args.filters, seed=args.seed, metrics=metrics)

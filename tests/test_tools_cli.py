@@ -92,6 +92,7 @@ def test_swap_writes_a_grid(runs, tmp_path):
 def test_visualize_eval_report(runs, capsys):
     interp, base = runs
     cli_main(["visualize", interp, "--device", "cpu"])
+    assert "the per-part charts are left out" in capsys.readouterr().out  # until eval has run
     assert {"filters.png", "group_map.png", "group_sizes.png"} <= set(os.listdir(os.path.join(interp, "figures")))
     # a 30-step segmenter is far below the 0.9 mIoU bar: eval refuses unless told otherwise, and at this small
     # size it says that training longer will not get there
@@ -153,6 +154,8 @@ def test_eval_of_a_run_on_a_folder_says_what_it_cannot_measure_and_takes_incepti
     monkeypatch.setenv("INTERPGAN_CACHE", "off")
     monkeypatch.delenv("INTERPGAN_INCEPTION_WEIGHTS", raising=False)
     capsys.readouterr()
+    cli_main(["visualize", run, "--device", "cpu"])  # no parts: no note that the per-part charts wait for eval
+    assert "per-part" not in capsys.readouterr().out
     cli_main(["eval", run, *EVAL])
     out = capsys.readouterr().out
     assert "no part labels" in out and "FID/KID skipped" in out and "INTERPGAN_INCEPTION_WEIGHTS" in out
