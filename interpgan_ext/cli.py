@@ -167,7 +167,6 @@ def _swap(args):
 
 
 def _visualize(args):
-    from .data import is_synth_faces
     from .viz import visualize_run
 
     run = _load(args.run, args.device)
@@ -176,7 +175,7 @@ def _visualize(args):
     if os.path.exists(mpath):
         with open(mpath) as fh:
             metrics = json.load(fh)
-    elif is_synth_faces(run.meta.get("data", "synth-faces")):  # other data has no parts to chart
+    elif run.on_synth_faces:  # other data has no parts to chart
         print("note: no metrics.json (interpgan eval writes it); the per-part charts are left out")
     paths = visualize_run(run, args.out or os.path.join(args.run, "figures"), n_images=args.images,
                           n_filters=args.filters, seed=args.seed, metrics=metrics)
@@ -186,9 +185,7 @@ def _visualize(args):
 def _segmenter_for(run, args):
     from .metrics import load_or_train_segmenter
 
-    from .data import is_synth_faces
-
-    if not is_synth_faces(run.meta.get("data", "synth-faces")):
+    if not run.on_synth_faces:
         print("note: the run's data has no part labels; IoU is skipped and locality uses thresholded activations")
         return None, None
     seg, scores = load_or_train_segmenter(args.run, run.meta["size"], device=run.device, steps=args.seg_steps,

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .data import is_synth_faces
 from .energy import EnergyModel
 from .partition import FilterPartition
 
@@ -46,6 +47,16 @@ class Run:
     @property
     def name(self) -> str:
         return os.path.basename(os.path.normpath(self.path))
+
+    @property
+    def data(self) -> str:
+        """What the run trained on: synth-faces, lfw or a folder's path."""
+        return self.meta.get("data", "synth-faces")
+
+    @property
+    def on_synth_faces(self) -> bool:
+        """Trained on SynthFaces, the only data with part labels and attributes to measure against."""
+        return is_synth_faces(self.data)
 
     def latents(self, n: int, seed: int = 0) -> torch.Tensor:
         return torch.randn(n, self.z_dim, generator=torch.Generator().manual_seed(seed)).to(self.device)

@@ -13,11 +13,8 @@ from ..viz import labelled_rows
 def _warn_labels_from_synthfaces(run, verb: str, what: str = "part labels"):
     """The part segmenter and the attribute classifier learn SynthFaces' labels. On a run trained on other images
     they still label what they see, as if it were SynthFaces: say so, rather than pass that off as the run's."""
-    from ..data import is_synth_faces
-
-    data = run.meta.get("data", "synth-faces")
-    if not is_synth_faces(data):
-        print(f"interpgan {verb}: warning: this run was trained on {data!r}, which has no {what}. The {what} here "
+    if not run.on_synth_faces:
+        print(f"interpgan {verb}: warning: this run was trained on {run.data!r}, which has no {what}. The {what} here "
               "come from a model trained on SynthFaces, and mean something only as far as the run's images look "
               "like SynthFaces' faces.", file=sys.stderr)
 

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from .._progress import progress_bar
-from ..data import PARTS, SynthFaces, build_dataset, is_synth_faces
+from ..data import PARTS, SynthFaces, build_dataset
 from ..edit import deterministic, generate
 from ..runs import Run, partition_of
 from .dissection import Dissection, group_activations, summarize, upsample
@@ -25,8 +25,8 @@ def _batches(run: Run, z: torch.Tensor, batch_size: int, progress: Optional[str]
 
 def real_images(run: Run, n: int, batch_size: int, seed: int = 777):
     """Batches of n real images from the run's data (SynthFaces with a seed the training never uses)."""
-    name, size = run.meta.get("data", "synth-faces"), run.meta.get("size")
-    data = build_dataset(name, size, n=n, seed=seed) if is_synth_faces(name) \
+    name, size = run.data, run.meta.get("size")
+    data = build_dataset(name, size, n=n, seed=seed) if run.on_synth_faces \
         else build_dataset(name, size)
     idx = torch.arange(n) % len(data)
     for b in idx.split(batch_size):
