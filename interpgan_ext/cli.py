@@ -36,6 +36,8 @@ _TRAIN_FLAGS = {
     "gmm_loss": (str, "L_gmm: likelihood (SPEC) | posterior (tempered)"),
     "gmm_min_group_size": (NON_NEGATIVE, "every group keeps at least this many filters; 0 = plain EM"),
     "seed": (int, "seeds every draw of every step; a resumed run goes on as the uninterrupted one"),
+    "ckpt_every": (POSITIVE, "steps between checkpoints"),
+    "ckpt_minutes": (real_in(0), "and minutes between them at most (a hard kill loses less); 0 = by steps only"),
     "lr_g": (POSITIVE_REAL, "G's Adam learning rate"),
     "lr_d": (POSITIVE_REAL, "D's Adam learning rate"),
     "device": (str, "auto | cpu | cuda | cuda:N"),

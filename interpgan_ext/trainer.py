@@ -94,6 +94,7 @@ class TrainConfig:
     log_every: int = 10
     image_every: int = 250
     ckpt_every: int = 250
+    ckpt_minutes: float = 10.0     # and at least this often in wall time (a hard kill loses less); 0 = by steps only
     amp: bool = False              # bf16 autocast on CUDA
     mirror: bool = False           # flip each real image left-right with probability 1/2 (random_mirror)
     data_on_device: str = "auto"   # hold the real images on the device: auto | on | off (data/resident.py)
@@ -104,7 +105,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.gan_loss must be 'logistic' or 'hinge', got {self.gan_loss!r}")
         if self.gmm_loss not in ("likelihood", "posterior"):
             raise ValueError(f"TrainConfig.gmm_loss must be 'likelihood' or 'posterior', got {self.gmm_loss!r}")
-        for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images"):
+        for name in ("steps", "batch_size", "n_groups", "gmm_every", "gmm_images", "log_every", "image_every",
+                     "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.data_on_device not in RESIDENT_MODES:
@@ -112,6 +114,8 @@ class TrainConfig:
                              f"got {self.data_on_device!r}")
         if self.gmm_min_group_size < 0:
             raise ValueError(f"TrainConfig.gmm_min_group_size must be >= 0, got {self.gmm_min_group_size}")
+        if not self.ckpt_minutes >= 0:
+            raise ValueError(f"TrainConfig.ckpt_minutes must be >= 0, got {self.ckpt_minutes}")
 
     @property
     def interpretable(self) -> bool:
@@ -543,6 +547,11 @@ class Trainer:
                           f"lambda2, or resume from an earlier checkpoint.", RuntimeWarning, stacklevel=2)
         return d
 
+    def _checkpoint_overdue(self, saved_at: float) -> bool:
+        """ckpt_minutes have passed since the last checkpoint: a slow run (a big model, a CPU) is saved by the clock
+        too, so that a hard kill (out of memory, a lost machine) costs minutes, not ckpt_every steps."""
+        return self.cfg.ckpt_minutes > 0 and time.monotonic() - saved_at >= 60 * self.cfg.ckpt_minutes
+
     def _stop_agreed(self, stop: StopRequests) -> bool:
         """Whether to stop after this step. Distributed, the ranks agree (any rank's request stops all of them at
         the same step), so none is left waiting in a collective."""
@@ -562,6 +571,7 @@ class Trainer:
         writer = _tensorboard(self.out_dir) if main else None
         bar = progress_bar(total, "train", progress and main, initial=self.step)
         logs, t0, n_images, part_seconds = {}, time.perf_counter(), 0, {}
+        saved_at = time.monotonic()
         log_path = os.path.join(self.out_dir, "log.jsonl") if main else os.devnull
         try:
             with open(log_path, "a") as log_file, StopRequests() as stop:
@@ -586,8 +596,10 @@ class Trainer:
                                 if isinstance(v, float):
                                     writer.add_scalar(k, v, self.step)
                         t0, n_images, part_seconds = time.perf_counter(), 0, {}
-                    if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total):
+                    if main and (self.step % self.cfg.ckpt_every == 0 or self.step == total
+                                 or self._checkpoint_overdue(saved_at)):
                         self.save_checkpoint()
+                        saved_at = time.monotonic()
                     bar.update(1)
                     bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss_D", "loss_G_gan", "energy", "L_interp")
                                      if k in logs})

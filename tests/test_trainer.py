@@ -93,6 +93,28 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path):
     assert [r["step"] for r in read_log(tmp_path)] == [5, 10, 15, 20]
 
 
+@pytest.mark.parametrize("minutes, saved", [(0.0, [10, 12]), (1e-9, list(range(1, 13)))])
+def test_checkpoints_by_steps_and_by_the_clock(tmp_path, minutes, saved):
+    # ckpt_every steps, the last step, and (ckpt_minutes > 0) whenever that long has passed since the last save:
+    # here every step, as a step takes longer than the 60 ns of 1e-9 minutes
+    tr = make_trainer(tmp_path, steps=12, ckpt_minutes=minutes)
+    steps, save = [], tr.save_checkpoint
+    tr.save_checkpoint = lambda: (steps.append(tr.step), save())
+    tr.fit(progress=False)
+    assert steps == saved
+    resumed = make_trainer(tmp_path, steps=12)
+    resumed.load_checkpoint()
+    assert resumed.step == 12
+
+
+@pytest.mark.parametrize("bad", [dict(ckpt_every=0), dict(image_every=0), dict(log_every=0), dict(ckpt_minutes=-1.0),
+                                 dict(ckpt_minutes=float("nan"))])
+def test_config_refuses_intervals_that_would_never_or_always_fire(bad):
+    (name, value), = bad.items()
+    with pytest.raises(ValueError, match=f"TrainConfig.{name} must be >= "):
+        TrainConfig(**bad)
+
+
 def test_baseline_has_no_interpretability_terms(tmp_path):
     tr = make_trainer(tmp_path, steps=4, lambda0=0.0)
     logs = tr.fit(progress=False)
