@@ -67,6 +67,46 @@ def _init_distributed() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+# What a new run is when these options are not given (their parser default is None: given or not is known).
+_RUN_DEFAULTS = {"data": "synth-faces", "size": 32, "arch": "dcgan", "width": 32}
+SYNTH_FACES_IMAGES = 20000
+# Where and how a run executes, not what it trains: --resume may change these, and nothing else but --steps.
+_RUNTIME_OPTIONS = ("device", "data_on_device")
+
+
+def _n_images(args, data: str):
+    """--n-images, else SynthFaces' default count; for a folder (or lfw), None: all its images."""
+    from .data import is_synth_faces
+
+    return args.n_images or (SYNTH_FACES_IMAGES if is_synth_faces(data) else None)
+
+
+def _run_setup(args) -> dict:
+    """A new run's data, size, arch, width, target layer (None: the architecture's own) and image count."""
+    run = {k: d if getattr(args, k) is None else getattr(args, k) for k, d in _RUN_DEFAULTS.items()}
+    run["layer"] = args.layer
+    run["n_images"] = _n_images(args, run["data"])
+    return run
+
+
+def _resumed_setup(args, saved: dict, given: dict) -> dict:
+    """The saved run's setup. An option that would change what it trains is refused, not ignored (it was: a resumed
+    run quietly went back to the default target layer and 20000 SynthFaces images)."""
+    run = {k: saved[k] for k in _RUN_DEFAULTS}
+    run["layer"] = saved["layer"]
+    # a run from before n_images was saved: what the CLI used then, --n-images or its default
+    run["n_images"] = saved["n_images"] if "n_images" in saved else _n_images(args, run["data"])
+    changed = [f"--{k.replace('_', '-')} {v} (the run's: {saved['config'].get(k)})" for k, v in given.items()
+               if k not in _RUNTIME_OPTIONS and saved["config"].get(k) != v]
+    changed += [f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {run[k]})" for k in run
+                if getattr(args, k) is not None and getattr(args, k) != run[k]]
+    if changed:
+        sys.exit(f"interpgan train: --resume continues {args.out} as it was set up, and these options would change "
+                 f"it: {'; '.join(changed)}. Leave them out (only --steps, --device and --data-on-device may "
+                 "change), or start a new run in another --out.")
+    return run
+
+
 def _build_trainer(args):
     """The Trainer that `interpgan train` runs (a new run, or --resume), and its dataset."""
     from .data import build_dataset
@@ -75,26 +115,29 @@ def _build_trainer(args):
     from .trainer import TrainConfig, Trainer
 
     ckpt = os.path.join(args.out, "checkpoint.pt")
+    given = {k: v for k, v in vars(args).items()
+             if k in TrainConfig.__dataclass_fields__ and k != "steps" and v is not None}
+    if args.baseline:
+        given["lambda0"] = 0.0
     if args.resume:
         if not os.path.exists(ckpt):
             sys.exit(f"interpgan train: --resume given but there is no checkpoint at {ckpt}")
         saved = read_config(os.path.join(args.out, "config.json"))
-        cfg = TrainConfig.from_dict({**saved["config"], "steps": args.steps or saved["config"]["steps"]})
-        arch, size, width, data_name = saved["arch"], saved["size"], saved["width"], saved["data"]
+        run = _resumed_setup(args, saved, given)
+        runtime = {k: v for k, v in given.items() if k in _RUNTIME_OPTIONS}
+        cfg = TrainConfig.from_dict({**saved["config"], **runtime, "steps": args.steps or saved["config"]["steps"]})
     else:
         if os.path.exists(ckpt) and not args.overwrite:
             sys.exit(f"interpgan train: {args.out} already holds a run; use --resume to continue it or --overwrite")
-        overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None}
-        if args.baseline:
-            overrides["lambda0"] = 0.0
-        cfg = TrainConfig(**overrides)
-        arch, size, width, data_name = args.arch, args.size, args.width, args.data
+        run = _run_setup(args)
+        cfg = TrainConfig(**given, **({"steps": args.steps} if args.steps else {}))
     speaks = _init_distributed()
-    data = build_dataset(data_name, size, n=args.n_images, seed=cfg.seed, progress=speaks and not args.no_progress)
+    data = build_dataset(run["data"], run["size"], n=run["n_images"], seed=cfg.seed,
+                         progress=speaks and not args.no_progress, max_images=run["n_images"])
     torch.manual_seed(cfg.seed)
-    G, D = build(arch, size, z_dim=cfg.z_dim, width=width)
-    meta = {"arch": arch, "size": size, "width": width, "data": data_name}
-    trainer = Trainer(G, D, args.layer or G.default_layer, data, cfg, out_dir=args.out, extra_meta=meta)
+    G, D = build(run["arch"], run["size"], z_dim=cfg.z_dim, width=run["width"])
+    meta = {k: run[k] for k in (*_RUN_DEFAULTS, "n_images")}
+    trainer = Trainer(G, D, run["layer"] or G.default_layer, data, cfg, out_dir=args.out, extra_meta=meta)
     if args.resume:
         trainer.load_checkpoint(ckpt)
     return trainer, data
@@ -298,11 +341,14 @@ def build_parser():
     ca.add_argument("--clear", action="store_true", help="delete them all")
 
     tr = sub.add_parser("train", help="train an interpretable GAN (or, with --baseline, the plain GAN)")
-    tr.add_argument("--data", default="synth-faces",
-                    help="synth-faces | lfw | a folder of images (decoded once, then cached; INTERPGAN_CACHE=DIR|off)")
-    tr.add_argument("--size", type=at_least(8), default=32, help="image size: 16, 32, 64 or 128")
-    tr.add_argument("--arch", default="dcgan", help="generator family: dcgan | stylegan2")
-    tr.add_argument("--width", type=POSITIVE, default=32, help="base channel width of G and D")
+    tr.add_argument("--data", default=None,
+                    help="synth-faces | lfw | a folder of images (decoded once, then cached; INTERPGAN_CACHE=DIR|off) "
+                         f"(default: {_RUN_DEFAULTS['data']})")
+    tr.add_argument("--size", type=at_least(8), default=None,
+                    help=f"image size: 16, 32, 64 or 128 (default: {_RUN_DEFAULTS['size']})")
+    tr.add_argument("--arch", default=None, help=f"generator family: dcgan | stylegan2 (default: {_RUN_DEFAULTS['arch']})")
+    tr.add_argument("--width", type=POSITIVE, default=None,
+                    help=f"base channel width of G and D (default: {_RUN_DEFAULTS['width']})")
     tr.add_argument("--layer", default=None, help="target layer (module path); by default the architecture's own")
     tr.add_argument("--steps", type=POSITIVE, default=None,
                     help=f"total steps; with --resume, the new total (default: {TrainConfig.steps})")
@@ -310,7 +356,8 @@ def build_parser():
     tr.add_argument("--baseline", action="store_true", help="lambda0 = 0: the plain GAN, same code path")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     tr.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    tr.add_argument("--n-images", type=POSITIVE, default=20000, help="SynthFaces: number of distinct images")
+    tr.add_argument("--n-images", type=POSITIVE, default=None,
+                    help=f"SynthFaces: distinct images (default: {SYNTH_FACES_IMAGES}); a folder: its first N (default: all)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, (typ, text) in _TRAIN_FLAGS.items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,

@@ -340,6 +340,47 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["step"] == 5
 
 
+def test_cli_resume_keeps_the_runs_layer_and_images_and_equals_the_uninterrupted_run(tmp_path, capsys):
+    # a resumed run went back to the default target layer and to 20000 SynthFaces images, silently
+    setup = ["--size", "16", "--width", "8", "--batch-size", "4", "--n-groups", "2", "--gmm-every", "2",
+             "--langevin-steps", "1", "--no-progress", "--device", "cpu", "--n-images", "32", "--layer", "blocks.0.1"]
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    cli_main(["train", *setup, "--steps", "6", "--out", whole])
+    cli_main(["train", *setup, "--steps", "3", "--out", part])
+    capsys.readouterr()
+    cli_main(["train", "--out", part, "--resume", "--steps", "6", "--no-progress", "--device", "cpu"])
+    assert "on synth-faces (32 images), target layer 'blocks.0.1'" in capsys.readouterr().out
+    a, b = (torch.load(os.path.join(p, "checkpoint.pt"), weights_only=False) for p in (whole, part))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"]) and torch.equal(a["energy"]["W"], b["energy"]["W"])
+    with open(os.path.join(part, "config.json")) as fh:
+        saved = json.load(fh)
+    assert saved["layer"] == "blocks.0.1" and saved["n_images"] == 32
+    # what would change the run is refused, each option named with the run's value; the same values are not
+    for changes, says in ((["--layer", "blocks.0"], "--layer blocks.0 (the run's: blocks.0.1)"),
+                          (["--n-images", "64", "--lr-g", "0.001"], "--lr-g 0.001 (the run's: 0.0002); --n-images 64"),
+                          (["--baseline"], "--lambda0 0.0 (the run's: 1.0)"), (["--size", "32"], "--size 32 (the run's: 16)")):
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", *changes])
+    cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", "--size", "16", "--n-images", "32",
+              "--data-on-device", "off"])
+    with open(os.path.join(part, "config.json")) as fh:
+        assert json.load(fh)["config"]["data_on_device"] == "off"  # where it runs may change
+
+
+def test_cli_n_images_takes_the_first_images_of_a_folder(tmp_path, capsys, image_cache):
+    from PIL import Image
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (20, 20), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    cli_main(["train", "--data", str(folder), "--n-images", "4", "--size", "16", "--width", "8", "--batch-size", "2",
+              "--n-groups", "2", "--langevin-steps", "1", "--device", "cpu", "--steps", "1", "--no-progress",
+              "--out", str(tmp_path / "run")])
+    assert f"data: 4 images of {folder}" in capsys.readouterr().out
+
+
 def test_cli_trains_on_a_folder_and_the_resume_reads_its_images_from_the_cache(tmp_path, capsys, image_cache):
     from PIL import Image
 
