@@ -70,8 +70,8 @@ def _init_distributed() -> bool:
 # What a new run is when these options are not given (their parser default is None: given or not is known).
 _RUN_DEFAULTS = {"data": "synth-faces", "size": 32, "arch": "dcgan", "width": 32}
 SYNTH_FACES_IMAGES = 20000
-# Where and how a run executes, not what it trains: --resume may change these, and nothing else but --steps.
-_RUNTIME_OPTIONS = ("device", "data_on_device")
+# Where a run executes and how often it is saved, not what it trains: --resume may change these, and --steps.
+_RUNTIME_OPTIONS = ("device", "data_on_device", "ckpt_every", "ckpt_minutes")
 
 
 def _n_images(args, data: str):
@@ -89,21 +89,21 @@ def _run_setup(args) -> dict:
     return run
 
 
-def _resumed_setup(args, saved: dict, given: dict) -> dict:
+def _resumed_setup(args, saved: dict, saved_cfg, given: dict) -> dict:
     """The saved run's setup. An option that would change what it trains is refused, not ignored (it was: a resumed
     run quietly went back to the default target layer and 20000 SynthFaces images)."""
     run = {k: saved[k] for k in _RUN_DEFAULTS}
     run["layer"] = saved["layer"]
     # a run from before n_images was saved: what the CLI used then, --n-images or its default
     run["n_images"] = saved["n_images"] if "n_images" in saved else _n_images(args, run["data"])
-    changed = [f"--{k.replace('_', '-')} {v} (the run's: {saved['config'].get(k)})" for k, v in given.items()
-               if k not in _RUNTIME_OPTIONS and saved["config"].get(k) != v]
+    changed = [f"--{k.replace('_', '-')} {v} (the run's: {getattr(saved_cfg, k)})" for k, v in given.items()
+               if k not in _RUNTIME_OPTIONS and getattr(saved_cfg, k) != v]
     changed += [f"--{k.replace('_', '-')} {getattr(args, k)} (the run's: {run[k]})" for k in run
                 if getattr(args, k) is not None and getattr(args, k) != run[k]]
     if changed:
         sys.exit(f"interpgan train: --resume continues {args.out} as it was set up, and these options would change "
-                 f"it: {'; '.join(changed)}. Leave them out (only --steps, --device and --data-on-device may "
-                 "change), or start a new run in another --out.")
+                 f"it: {'; '.join(changed)}. Leave them out (--steps, --device, --data-on-device, --ckpt-every and "
+                 "--ckpt-minutes may change), or start a new run in another --out.")
     return run
 
 
@@ -123,7 +123,7 @@ def _build_trainer(args):
         if not os.path.exists(ckpt):
             sys.exit(f"interpgan train: --resume given but there is no checkpoint at {ckpt}")
         saved = read_config(os.path.join(args.out, "config.json"))
-        run = _resumed_setup(args, saved, given)
+        run = _resumed_setup(args, saved, TrainConfig.from_dict(saved["config"]), given)
         runtime = {k: v for k, v in given.items() if k in _RUNTIME_OPTIONS}
         cfg = TrainConfig.from_dict({**saved["config"], **runtime, "steps": args.steps or saved["config"]["steps"]})
     else:

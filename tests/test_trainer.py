@@ -363,9 +363,10 @@ def test_cli_resume_keeps_the_runs_layer_and_images_and_equals_the_uninterrupted
         with pytest.raises(SystemExit, match=re.escape(says)):
             cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", *changes])
     cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", "--size", "16", "--n-images", "32",
-              "--data-on-device", "off"])
-    with open(os.path.join(part, "config.json")) as fh:
-        assert json.load(fh)["config"]["data_on_device"] == "off"  # where it runs may change
+              "--data-on-device", "off", "--ckpt-minutes", "5"])
+    with open(os.path.join(part, "config.json")) as fh:  # where it runs, and how often it is saved, may change
+        config = json.load(fh)["config"]
+    assert config["data_on_device"] == "off" and config["ckpt_minutes"] == 5
 
 
 def test_cli_n_images_takes_the_first_images_of_a_folder(tmp_path, capsys, image_cache):
