@@ -253,7 +253,10 @@ def _eval(args):
     from .metrics.realism import inception_weights_path
     from .report import format_table, summary_rows
 
+    from .runs import load_baseline
+
     run = _load(args.run, args.device)
+    base = load_baseline(args.baseline, run, args.device) if args.baseline else None  # before the long work
     seg, scores = _segmenter_for(run, args)
     extractor = None
     if seg is not None or inception_weights_path(args.inception):
@@ -269,8 +272,7 @@ def _eval(args):
 
         metrics["segmenter"] = {**{k: v for k, v in scores.items() if k != "iou"},
                                 "fingerprint": state_fingerprint(seg.__self__)}
-    if args.baseline:
-        base = _load(args.baseline, args.device)
+    if base is not None:
         if seg is not None:
             metrics["baseline"] = compare_with_baseline(metrics, base, seg, extractor=extractor, **kw)
         else:
@@ -302,9 +304,10 @@ def _table(args):
 
 def _report(args):
     from .report import write_report
+    from .runs import load_baseline
 
     run = _load(args.run, args.device)
-    base = _load(args.baseline, args.device) if args.baseline else None
+    base = load_baseline(args.baseline, run, args.device) if args.baseline else None
     print(f"wrote {write_report(run, base, args.out)}")
 
 

@@ -162,6 +162,26 @@ def load_run(path: str, device: str = "auto", ema: bool = True, G: Optional[nn.M
                step=int(state["step"]), D=D)
 
 
+
+def load_baseline(path: str, run: Run, device: str = "auto") -> Run:
+    """The run at `path`, as the plain GAN that `run` is measured against (eval, compare, report). Their numbers
+    compare only if both trained on the same data, at the same image size, with the same architecture: else
+    ValueError, naming what differs. One that is itself interpretable (lambda0 > 0) is compared, with a warning."""
+    base = load_run(path, device=device)
+
+    def setup(r):
+        return {"data": r.data, "size": r.meta.get("size"), "arch": r.meta.get("arch")}
+
+    mine, theirs = setup(run), setup(base)
+    differ = [f"{k} {theirs[k]} (the run's: {mine[k]})" for k in mine if theirs[k] != mine[k]]
+    if differ:
+        raise ValueError(f"{path} cannot be {run.name}'s baseline: it differs in {'; '.join(differ)}, so their "
+                         "numbers would not compare. Train the baseline with the run's options and --baseline.")
+    if base.interpretable:
+        warnings.warn(f"{path} is an interpretable run (lambda0 > 0), not a plain-GAN baseline; it is compared as "
+                      "one", UserWarning, stacklevel=2)
+    return base
+
 def partition_of(run: Run, n_images: int = 256, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
     """A run's q; for a baseline run (no q), a GMM with the same C fitted after training on the layer's
     filter descriptors: the paper's feature-collaging comparison."""

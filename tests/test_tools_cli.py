@@ -2,8 +2,10 @@
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
+import warnings
 
 import pytest
 import torch
@@ -191,6 +193,20 @@ def test_analysis_verbs_show_progress_and_warn_when_their_labels_come_from_synth
     assert capsys.readouterr().err == ""  # a SynthFaces run: no warning; --no-progress: no bar
     cli_main(["learn-directions", synth, "--k", "2", "--steps", "3", "--device", "cpu"])
     assert "directions" in capsys.readouterr().err
+
+
+def test_a_baseline_must_share_the_runs_setup_and_an_interpretable_one_is_named(folder_run, runs, tmp_path):
+    interp, base = runs
+    for argv in (["eval", interp, "--baseline", folder_run, *EVAL], ["report", interp, "--baseline", folder_run],
+                 ["compare", interp, folder_run, "--device", "cpu"]):
+        with pytest.raises(SystemExit, match=rf"interpgan {argv[0]}: {re.escape(folder_run)} cannot be interp's "
+                                             r"baseline: it differs in data .* \(the run's: synth-faces\)"):
+            cli_main(argv)
+    with pytest.warns(UserWarning, match="is an interpretable run .*, not a plain-GAN baseline"):
+        cli_main(["report", interp, "--baseline", interp, "--out", str(tmp_path / "report")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a real baseline: no warning
+        cli_main(["report", interp, "--baseline", base, "--out", str(tmp_path / "report")])
 
 
 def test_every_verb_that_takes_a_run_takes_no_progress():

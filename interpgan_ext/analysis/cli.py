@@ -271,13 +271,13 @@ def compare_cmd(run, args):
     import json
 
     from ..metrics import load_or_train_segmenter
-    from ..runs import load_run
+    from ..runs import load_baseline
     from .._atomic import atomic_write_json
     from ..viz import bar_chart
     from .attributes import load_or_train_attribute_classifier
     from .compare import compare_runs, comparison_rows
 
-    base = load_run(args.baseline, device=str(run.device))
+    base = load_baseline(args.baseline, run, device=str(run.device))
     size = run.meta["size"]
     _warn_labels_from_synthfaces(run, "compare", "part labels and attributes")
     seg, _ = load_or_train_segmenter(run.path, size, device=run.device, steps=args.seg_steps,
