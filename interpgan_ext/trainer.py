@@ -496,6 +496,12 @@ class Trainer:
 
     def load_checkpoint(self, path: Optional[str] = None):
         state = read_checkpoint(path or self.checkpoint_path, self.device)
+        if state["meta"]["layer"] != self.layer:  # same shape would load, and train another layer's filters
+            own_run = os.path.abspath(path or self.checkpoint_path) == os.path.abspath(self.checkpoint_path)
+            if self.is_main and own_run:  # this Trainer wrote its config.json over the run's: put the run's back
+                atomic_write_json({"config": state["config"], **state["meta"]}, os.path.join(self.out_dir, "config.json"))
+            raise ValueError(f"load_checkpoint: the checkpoint's target layer is {state['meta']['layer']!r}, this "
+                             f"Trainer's {self.layer!r}; build the Trainer on the run's layer to resume it")
         self.G.load_state_dict(state["G"])
         self.G_ema.load_state_dict(state["G_ema"])
         self.D.load_state_dict(state["D"])

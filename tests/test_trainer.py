@@ -68,6 +68,19 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert torch.equal(full.q, resumed.q)
 
 
+def test_a_checkpoint_resumes_only_on_its_target_layer_and_the_runs_config_stays(tmp_path):
+    # blocks.0.1 (a BatchNorm) has blocks.0's shape: its checkpoint would load, and train another layer's filters
+    tr = make_trainer(tmp_path, steps=2)
+    tr.fit(progress=False)
+    torch.manual_seed(0)
+    G, D = build("dcgan", 16, z_dim=16, width=8)
+    other = Trainer(G, D, "blocks.0.1", SynthFaces(16, n=64), tr.cfg, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="the checkpoint's target layer is 'blocks.0', this Trainer's 'blocks.0.1'"):
+        other.load_checkpoint()
+    with open(tmp_path / "config.json") as fh:  # the run's, not the refused Trainer's
+        assert json.load(fh)["layer"] == "blocks.0"
+
+
 def test_resume_after_a_crash_logs_each_step_once(tmp_path):
     from interpgan_ext.runs import load_run
 
