@@ -89,9 +89,12 @@ def _run_setup(args) -> dict:
     return run
 
 
-def _resumed_setup(args, saved: dict, saved_cfg, given: dict) -> dict:
+def _resumed_setup(args, saved: dict, given: dict) -> dict:
     """The saved run's setup. An option that would change what it trains is refused, not ignored (it was: a resumed
     run quietly went back to the default target layer and 20000 SynthFaces images)."""
+    from .trainer import TrainConfig
+
+    saved_cfg = TrainConfig.from_dict(saved["config"])  # an older run's config lacks newer fields: their defaults
     run = {k: saved[k] for k in _RUN_DEFAULTS}
     run["layer"] = saved["layer"]
     # a run from before n_images was saved: what the CLI used then, --n-images or its default
@@ -123,7 +126,7 @@ def _build_trainer(args):
         if not os.path.exists(ckpt):
             sys.exit(f"interpgan train: --resume given but there is no checkpoint at {ckpt}")
         saved = read_config(os.path.join(args.out, "config.json"))
-        run = _resumed_setup(args, saved, TrainConfig.from_dict(saved["config"]), given)
+        run = _resumed_setup(args, saved, given)
         runtime = {k: v for k, v in given.items() if k in _RUNTIME_OPTIONS}
         cfg = TrainConfig.from_dict({**saved["config"], **runtime, "steps": args.steps or saved["config"]["steps"]})
     else:
@@ -252,7 +255,6 @@ def _eval(args):
     from .metrics.evaluate import compare_with_baseline
     from .metrics.realism import inception_weights_path
     from .report import format_table, summary_rows
-
     from .runs import load_baseline
 
     run = _load(args.run, args.device)
