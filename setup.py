@@ -4,7 +4,8 @@
 
 Environment switches:
     INTERPGAN_SKIP_CUDA=1     build the CPU kernels only, even where CUDA is available
-    INTERPGAN_FORCE_CUDA=1    fail, instead of falling back to CPU-only, when CUDA cannot be built
+    INTERPGAN_FORCE_CUDA=1    fail, instead of falling back to CPU-only, when CUDA cannot be built (no nvcc,
+                              a CPU build of torch, or a compile or link error in the CUDA kernels)
     INTERPGAN_SKIP_EXT=1      build no extension at all (pure-PyTorch reference backend)
     TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPU, else a common list)
     MAX_JOBS                  parallel compile jobs (ninja)
@@ -42,10 +43,10 @@ def locate_cuda_home():
 
 
 def pip_cuda_dirs():
-    """Include and library folders of the CUDA pip wheels (nvidia/cu13/include, nvidia/curand/include, ...).
+    """Include and library folders of the CUDA pip wheels (nvidia/cu13/include, ...).
 
-    A minimal toolkit (nvcc + cudart) lacks headers such as curand_kernel.h; the CUDA build of torch
-    installs them as wheels next to itself.
+    A minimal toolkit (nvcc + cudart) may lack headers that torch's own headers include (cuBLAS, cuSPARSE,
+    cuDNN, NCCL); the CUDA build of torch installs them as wheels next to itself.
     """
     includes, libs = [], []
     for site in sys.path:
@@ -91,6 +92,7 @@ def build_extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     want_cuda = not env_flag("INTERPGAN_SKIP_CUDA")
     have_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    reason = "INTERPGAN_SKIP_CUDA=1"
     if want_cuda and not have_cuda:
         reason = "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA_HOME not found"
         if env_flag("INTERPGAN_FORCE_CUDA"):
@@ -127,11 +129,61 @@ def build_extensions():
             "interpgan_ext._C",
             sources,
             include_dirs=include_dirs,
-            define_macros=define_macros,
+            define_macros=define_macros + [("INTERPGAN_NO_CUDA_BECAUSE", c_string(reason))],
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=omp,
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    return [ext], {"build_ext": with_cpu_fallback(build_ext)}
+
+
+def c_string(text):
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def with_cpu_fallback(build_ext):
+    """build_ext that, when the CUDA kernels fail to compile or link, builds the CPU kernels alone and says so.
+
+    A toolkit that does not fit the torch build (another major CUDA, missing headers) would otherwise fail the
+    whole install; the package then still has its CPU kernels, and at import a GPU user is told that the CUDA
+    tensors run the reference ops, and why (interpgan_ext.info()). INTERPGAN_FORCE_CUDA=1 (CI) makes it an error.
+    """
+
+    class BuildExtWithCpuFallback(build_ext):
+        def build_extensions(self):
+            # BuildExtension wraps the compiler's methods and appends to the flags on each call: a retry starts
+            # from the unwrapped methods and the flags as given
+            unwrapped = dict(vars(self.compiler))
+            cxx_flags = list(self.extensions[0].extra_compile_args["cxx"])
+            try:
+                super().build_extensions()
+            except Exception as exc:  # noqa: BLE001  (distutils' CompileError, ninja's, torch's CUDA checks)
+                ext = self.extensions[0]
+                if env_flag("INTERPGAN_FORCE_CUDA") or not any(src.endswith(".cu") for src in ext.sources):
+                    raise
+                what = " ".join(str(exc).split())[:300] or type(exc).__name__  # torch's messages span lines
+                reason = f"the CUDA build failed ({what}); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
+                print(
+                    "\n" + "=" * 100 + f"\ninterpgan_ext: {reason}.\n"
+                    "Building the CPU kernels alone: on a GPU the ops will run their pure-PyTorch reference.\n"
+                    + "=" * 100,
+                    file=sys.stderr,
+                )
+                drop_cuda(ext, cxx_flags, reason)
+                vars(self.compiler).clear()
+                vars(self.compiler).update(unwrapped)
+                super().build_extensions()
+
+    return BuildExtWithCpuFallback
+
+
+def drop_cuda(ext, cxx_flags, reason):
+    """Turns the CUDAExtension into the CppExtension of the same sources, in place."""
+    ext.sources = [src for src in ext.sources if not src.endswith(".cu")]
+    ext.define_macros = [m for m in ext.define_macros if m[0] not in ("INTERPGAN_WITH_CUDA", "INTERPGAN_CUDA_ARCHS")]
+    ext.define_macros.append(("INTERPGAN_NO_CUDA_BECAUSE", c_string(reason)))
+    ext.libraries = [lib for lib in ext.libraries if lib not in ("cudart", "c10_cuda", "torch_cuda")]
+    ext.extra_compile_args = {"cxx": cxx_flags}
 
 
 ext_modules, cmdclass = build_extensions()

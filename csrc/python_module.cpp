@@ -7,9 +7,12 @@
 #include <cuda_runtime_api.h>
 #endif
 
-// Both are set by setup.py.
+// Set by setup.py. INTERPGAN_NO_CUDA_BECAUSE says why a build has no CUDA kernels (CMake builds leave it out).
 #ifndef INTERPGAN_CUDA_ARCHS
 #define INTERPGAN_CUDA_ARCHS ""
+#endif
+#ifndef INTERPGAN_NO_CUDA_BECAUSE
+#define INTERPGAN_NO_CUDA_BECAUSE "built without INTERPGAN_WITH_CUDA"
 #endif
 #ifndef INTERPGAN_BUILT_WITH_TORCH
 #define INTERPGAN_BUILT_WITH_TORCH ""
@@ -23,6 +26,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
   m.attr("cuda_version") = py::none();
+  m.attr("no_cuda_because") = std::string(INTERPGAN_NO_CUDA_BECAUSE);
 #endif
   m.attr("cuda_archs") = std::string(INTERPGAN_CUDA_ARCHS);
   m.attr("torch_version") = std::string(INTERPGAN_BUILT_WITH_TORCH);

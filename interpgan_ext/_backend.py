@@ -44,19 +44,20 @@ else:
         )
 
 
-def _version_pair(v):
-    return tuple(int(x) for x in str(v).split(".")[:2])
-
-
 def cuda_version_mismatch():
-    """A message if the extension's CUDA runtime differs from torch's in major.minor, else None."""
+    """A message if the extension was compiled with another major CUDA than torch's, else None.
+
+    Within a major version CUDA keeps binary compatibility (the extension then runs on torch's libcudart), so a
+    toolkit of 13.0 under torch's 13.2 needs no rebuild, as torch's own build of extensions says."""
     if _C is None or not _C.with_cuda or torch.version.cuda is None:
         return None
-    ext = (_C.cuda_version // 1000, (_C.cuda_version % 1000) // 10)
-    if ext != _version_pair(torch.version.cuda):
+    ext_major, ext_minor = _C.cuda_version // 1000, (_C.cuda_version % 1000) // 10
+    torch_major = int(str(torch.version.cuda).split(".")[0])
+    if ext_major != torch_major:
         return (
-            f"interpgan_ext was compiled with CUDA {ext[0]}.{ext[1]} but torch uses CUDA {torch.version.cuda}; "
-            "rebuild it against this torch: pip install --no-build-isolation --force-reinstall --no-deps ."
+            f"interpgan_ext was compiled with CUDA {ext_major}.{ext_minor} but torch uses CUDA {torch.version.cuda}; "
+            f"rebuild it with a CUDA {torch_major}.x toolkit (nvcc) on PATH or in CUDA_HOME: "
+            "pip install --no-build-isolation --force-reinstall --no-deps ."
         )
     return None
 
@@ -108,12 +109,18 @@ def use_compiled(t: torch.Tensor) -> bool:
         if not _warned_cuda_fallback:
             _warned_cuda_fallback = True
             warnings.warn(
-                "interpgan_ext: CUDA tensors given, but the extension was built without CUDA kernels; "
-                "using the pure-PyTorch reference on the GPU. Rebuild on a machine with nvcc and a CUDA build of torch.",
+                f"interpgan_ext: CUDA tensors given, but the extension was built without CUDA kernels ({no_cuda_because()}); "
+                "using the pure-PyTorch reference on the GPU. Rebuild on a machine with nvcc and a CUDA build of torch: "
+                "pip install --no-build-isolation --force-reinstall --no-deps .",
                 RuntimeWarning,
                 stacklevel=3,
             )
     return False
+
+
+def no_cuda_because() -> str:
+    """Why the extension has no CUDA kernels, as its build recorded it (builds before that record say less)."""
+    return getattr(_C, "no_cuda_because", None) or "the build did not record why"
 
 
 def backend_name(device="cpu") -> str:
@@ -150,6 +157,8 @@ def info() -> BuildInfo:
         if hasattr(_C, "cpu_cache_stats"):  # builds before the cache lack it
             out["ext_cpu_cache_mb"] = _C.cpu_cache_stats()["limit_bytes"] >> 20  # INTERPGAN_CPU_CACHE_MB; 0 = off
         out["ext_cuda_kernels"] = bool(_C.with_cuda)
+        if not _C.with_cuda:
+            out["ext_no_cuda_because"] = no_cuda_because()
         if _C.with_cuda:
             out["ext_cuda_version"] = f"{_C.cuda_version // 1000}.{(_C.cuda_version % 1000) // 10}"
             out["ext_cuda_archs"] = _C.cuda_archs

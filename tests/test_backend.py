@@ -2,6 +2,8 @@
 import os
 import subprocess
 import sys
+import types
+import warnings
 
 import pytest
 import torch
@@ -32,6 +34,55 @@ def test_info_says_which_cuda_product_kernels_run(monkeypatch):
     assert ig.info()["ext_cuda_products"] == "direct"
     monkeypatch.setenv("INTERPGAN_CUDA_PRODUCTS", "staged")
     assert ig.info()["ext_cuda_products"] == "staged"
+
+
+def test_only_another_major_cuda_than_torchs_asks_for_a_rebuild(monkeypatch):
+    # CUDA is binary compatible within a major version: nvcc 13.0 under torch's CUDA 13.2 runs as built, and a
+    # rebuild with the same toolkit could not change it; CUDA 12 under torch's 13 cannot load.
+    class CudaBuild:
+        with_cuda, cuda_version = True, 13000
+
+    monkeypatch.setattr(ig._backend, "_C", CudaBuild())
+    for torch_cuda in ("13.0", "13.2"):
+        monkeypatch.setattr(torch.version, "cuda", torch_cuda)
+        assert ig._backend.cuda_version_mismatch() is None
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    message = ig._backend.cuda_version_mismatch()
+    assert message is not None and "CUDA 13.0 but torch uses CUDA 12.8" in message and "CUDA 12.x toolkit" in message
+
+
+def test_info_says_why_the_cuda_kernels_are_missing(monkeypatch):
+    class CpuBuild:
+        torch_version, cpu_parallel, with_cuda, cuda_version = "2.14.1", "OpenMP", False, None
+        no_cuda_because = "torch is a CPU build"
+
+    monkeypatch.setattr(ig._backend, "_C", CpuBuild())
+    assert ig.info()["ext_no_cuda_because"] == "torch is a CPU build"
+    monkeypatch.setattr(ig._backend, "_C", type("OldBuild", (), {k: v for k, v in vars(CpuBuild).items()
+                                                                   if k != "no_cuda_because"})())
+    assert ig.info()["ext_no_cuda_because"] == "the build did not record why"
+
+
+def test_cuda_tensors_without_cuda_kernels_warn_once_with_the_reason(monkeypatch):
+    class CpuBuild:
+        with_cuda, no_cuda_because = False, "the CUDA build failed (...); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
+
+    monkeypatch.setattr(ig._backend, "_C", CpuBuild())
+    monkeypatch.setattr(ig._backend, "_warned_cuda_fallback", False)
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))  # the check reads only the device
+    with pytest.warns(RuntimeWarning, match=r"without CUDA kernels \(the CUDA build failed.*reference"):
+        assert ig._backend.use_compiled(on_gpu) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ig._backend.use_compiled(on_gpu) is False
+
+
+@pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
+def test_the_build_recorded_why_it_has_no_cuda_kernels():
+    if ig._backend.has_cuda_kernels():
+        assert "ext_no_cuda_because" not in ig.info()
+    else:  # e.g. "INTERPGAN_SKIP_CUDA=1" or "torch is a CPU build", as setup.py decided
+        assert ig._backend._C.no_cuda_because and ig.info()["ext_no_cuda_because"] == ig._backend._C.no_cuda_because
 
 
 @pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")

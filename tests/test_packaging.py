@@ -1,10 +1,13 @@
-"""The source distribution builds on its own: every file a compiled source includes is inside it."""
+"""How the package builds: the source distribution holds every header it needs, a CUDA build error falls back to
+the CPU kernels (and says so), and the README names only files that exist."""
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
@@ -47,3 +50,54 @@ def test_every_file_and_picture_the_readme_names_is_in_the_repository():
     assert len(pictures) >= 3 and paths
     missing = [p for p in pictures + paths if not os.path.exists(os.path.join(ROOT, p))]
     assert not missing, f"README.md names files that are not in the repository: {missing}"
+
+
+def test_the_cuda_kernels_include_no_curand_header():
+    # The CUDA build of torch >= 2.15 no longer installs curand's headers, and a minimal toolkit has none: a CUDA
+    # source that includes one fails to compile there (the Langevin kernel draws through ATen's philox_engine).
+    cuda_dir = os.path.join(ROOT, "csrc", "cuda")
+    for name in os.listdir(cuda_dir):
+        with open(os.path.join(cuda_dir, name)) as fh:
+            assert not re.search(r"#\s*include\s*[<\"]curand", fh.read()), f"csrc/cuda/{name} includes a curand header"
+
+
+def _cuda_build_possible():
+    """A CUDA build of torch and an nvcc of the same major CUDA (torch refuses to build with another)."""
+    import torch
+
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    if torch.version.cuda is None or nvcc is None:
+        return False
+    found = re.search(r"release (\d+)\.", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    return found is not None and found.group(1) == torch.version.cuda.split(".")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _cuda_build_possible(), reason="needs a CUDA build of torch and an nvcc of its CUDA (CI has both)")
+def test_a_cuda_compile_error_falls_back_to_the_cpu_kernels_and_says_why(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.so", "__pycache__",
+                                                             "*.egg-info", "bench", ".pytest_cache", "tests", "python"))
+    broken = src / "csrc" / "cuda" / "langevin_step.cu"
+    broken.write_text('#error "a deliberate compile error of the test"\n' + broken.read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
+    env.update(TORCH_CUDA_ARCH_LIST="9.0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    build = [sys.executable, "setup.py", "build_ext", "--inplace"]
+
+    forced = subprocess.run(build, cwd=src, env=dict(env, INTERPGAN_FORCE_CUDA="1"), capture_output=True, text=True,
+                            timeout=900)
+    assert forced.returncode != 0 and "a deliberate compile error" in forced.stdout + forced.stderr
+
+    done = subprocess.run(build, cwd=src, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "the CUDA build failed (Error compiling objects" in done.stderr and "INTERPGAN_FORCE_CUDA=1" in done.stderr
+    probe = ("import torch, interpgan_ext as ig; i = ig.info(); print(i['extension'], i['ext_cuda_kernels']);"
+             "print(i['ext_no_cuda_because']);"
+             "f = torch.randn(3, 5, 4, dtype=torch.float64); W = torch.randn(5, 2, 4, dtype=torch.float64);"
+             "q = torch.tensor([0, 1, 1, 0, 1]);"
+             "print(torch.allclose(ig.ops.group_energy(f, W, q), ig.ops.group_energy_reference(f, W, q)))")
+    used = subprocess.run([sys.executable, "-c", probe], cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert used.returncode == 0, used.stderr[-2000:]
+    loaded, reason, agrees = used.stdout.splitlines()
+    assert loaded == "loaded False" and "CUDA build failed" in reason and "INTERPGAN_FORCE_CUDA=1" in reason
+    assert agrees == "True"

@@ -2,10 +2,11 @@
 //
 // Noise: one PhiloxCudaState per launch, taken from the torch CUDA generator under its mutex (so a seeded
 // generator replays, and CUDA graph capture works). Thread t handles elements [4t, 4t + 4) with the Philox
-// subsequence t, exactly as torch's own random kernels do.
+// subsequence t, as torch's own random kernels do (langevin_step_noise.cuh).
 #include "../checks.h"
 #include "../langevin_step.h"
 #include "../ops.h"
+#include "langevin_step_noise.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,15 +15,12 @@
 #include <ATen/cuda/detail/UnpackRaw.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <curand_kernel.h>
 
 namespace interpgan {
 namespace {
 
-constexpr int kPerThread = 4;
+using langevin_noise::kPerThread;
 constexpr int kThreads = 256;
-// 32-bit Philox outputs consumed per thread: two curand_normal2_double calls (4 each) for double.
-constexpr uint64_t kPhiloxIncrement = 8;
 
 template <typename scalar_t>
 __global__ void langevin_kernel(scalar_t* out, const scalar_t* z,  // z may alias out (in place)
@@ -35,16 +33,8 @@ __global__ void langevin_kernel(scalar_t* out, const scalar_t* z,  // z may alia
   if (i0 >= n) return;
   opmath_t eps[kPerThread];
   if (noise == nullptr) {
-    const auto seeds = at::cuda::philox::unpack(philox);
-    curandStatePhilox4_32_10_t state;
-    curand_init(std::get<0>(seeds), static_cast<uint64_t>(t), std::get<1>(seeds), &state);
-    if constexpr (std::is_same_v<opmath_t, double>) {
-      const double2 a = curand_normal2_double(&state), b = curand_normal2_double(&state);
-      eps[0] = a.x, eps[1] = a.y, eps[2] = b.x, eps[3] = b.y;
-    } else {
-      const float4 a = curand_normal4(&state);
-      eps[0] = a.x, eps[1] = a.y, eps[2] = a.z, eps[3] = a.w;
-    }
+    const auto seeds = at::cuda::philox::unpack(philox);  // read on the device: a captured graph replays anew
+    langevin_noise::normals(std::get<0>(seeds), static_cast<uint64_t>(t), std::get<1>(seeds), eps);
   }
   const opmath_t half_sq = static_cast<opmath_t>(0.5 * step_size * step_size);
   const opmath_t step = static_cast<opmath_t>(step_size);
@@ -81,7 +71,7 @@ void langevin_into(at::Tensor& out, const at::Tensor& z, const at::Tensor& grad,
     TORCH_CHECK(gd.is_cuda() && (!gd.has_index() || gd.index() == z.device().index()),
                 "langevin_step: expected a generator on ", z.device(), ", but got one on ", gd);
     std::lock_guard<std::mutex> lock(gen->mutex_);
-    philox = gen->philox_cuda_state(kPhiloxIncrement);
+    philox = gen->philox_cuda_state(langevin_noise::kWordsPerThread);
   }
   const int64_t threads_needed = (n + kPerThread - 1) / kPerThread;
   const int64_t blocks = (threads_needed + kThreads - 1) / kThreads;
