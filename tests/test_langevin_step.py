@@ -76,6 +76,46 @@ def test_noise_is_standard_normal(dtype, device):
     assert abs((eps.abs() > 3).double().mean().item() - 0.0027) < 0.0006
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_noise_is_the_float32_noise_rounded(dtype, device):
+    # 16-bit z draws in float32 (its accumulation type) from the same Philox words
+    z = torch.zeros(1000, device=device)
+    a = langevin_step(z, z, 1.0, generator=torch.Generator(device).manual_seed(1))
+    b = langevin_step(z.to(dtype), z.to(dtype), 1.0, generator=torch.Generator(device).manual_seed(1))
+    assert torch.equal(a.to(dtype), b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_graph_replays_draw_fresh_noise_and_replay_the_seed():
+    # The kernel reads the generator's offset on the device (PhiloxCudaState), so each replay of a captured graph
+    # draws new noise, and reseeding before the replays gives the same sequence again.
+    z = torch.zeros(1 << 16, device="cuda")
+    out = torch.empty_like(z)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        langevin_step(z, z, 1.0, out=out)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        langevin_step(z, z, 1.0, out=out)
+
+    def replays(seed):
+        torch.cuda.manual_seed(seed)
+        draws = []
+        for _ in range(3):
+            graph.replay()
+            draws.append(out.clone())
+        return draws
+
+    first = replays(5)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    for eps in first:
+        assert abs(eps.mean().item()) < 5 / math.sqrt(z.numel()) and abs(eps.var().item() - 1) < 0.03
+    assert all(torch.equal(a, b) for a, b in zip(first, replays(5)))
+
+
 def test_deterministic_drift_and_prior(device):
     z = torch.randn(10, 4, device=device, dtype=torch.float64)
     grad = torch.randn(10, 4, device=device, dtype=torch.float64)
