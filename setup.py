@@ -7,6 +7,7 @@ Environment switches:
     INTERPGAN_FORCE_CUDA=1    fail, instead of falling back to CPU-only, when CUDA cannot be built (no nvcc,
                               a CPU build of torch, or a compile or link error in the CUDA kernels)
     INTERPGAN_SKIP_EXT=1      build no extension at all (pure-PyTorch reference backend)
+    INTERPGAN_REQUIRE_EXT=1   fail, instead of installing without compiled ops, when the C++ build fails
     TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPU, else a common list)
     MAX_JOBS                  parallel compile jobs (ninja)
     CUDA_HOME                 the CUDA toolkit (default: found from nvcc on PATH, then /usr/local/cuda)
@@ -134,47 +135,57 @@ def build_extensions():
             extra_link_args=omp,
         )
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
-    return [ext], {"build_ext": with_cpu_fallback(build_ext)}
+    return [ext], {"build_ext": with_fallbacks(build_ext)}
 
 
 def c_string(text):
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def with_cpu_fallback(build_ext):
-    """build_ext that, when the CUDA kernels fail to compile or link, builds the CPU kernels alone and says so.
+def with_fallbacks(build_ext):
+    """build_ext that, when a build fails, builds what it can and says so, loudly.
 
-    A toolkit that does not fit the torch build (another major CUDA, missing headers) would otherwise fail the
-    whole install; the package then still has its CPU kernels, and at import a GPU user is told that the CUDA
-    tensors run the reference ops, and why (interpgan_ext.info()). INTERPGAN_FORCE_CUDA=1 (CI) makes it an error.
+    - The CUDA kernels fail to compile or link (a toolkit that does not fit torch's CUDA): the CPU kernels are built
+      alone. At import, a GPU user is told that CUDA tensors run the reference ops, and why (interpgan_ext.info()).
+    - The C++ build fails too (no working compiler): the package installs without compiled ops, and runs its
+      pure-PyTorch reference, with a warning at import.
+    INTERPGAN_FORCE_CUDA=1 makes the first an error, INTERPGAN_REQUIRE_EXT=1 the second (CI sets both).
     """
 
-    class BuildExtWithCpuFallback(build_ext):
+    class BuildExtWithFallbacks(build_ext):
         def build_extensions(self):
             # BuildExtension wraps the compiler's methods and appends to the flags on each call: a retry starts
             # from the unwrapped methods and the flags as given
             unwrapped = dict(vars(self.compiler))
-            cxx_flags = list(self.extensions[0].extra_compile_args["cxx"])
-            try:
-                super().build_extensions()
-            except Exception as exc:  # noqa: BLE001  (distutils' CompileError, ninja's, torch's CUDA checks)
-                ext = self.extensions[0]
-                if env_flag("INTERPGAN_FORCE_CUDA") or not any(src.endswith(".cu") for src in ext.sources):
-                    raise
-                what = " ".join(str(exc).split())[:300] or type(exc).__name__  # torch's messages span lines
-                reason = f"the CUDA build failed ({what}); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
-                print(
-                    "\n" + "=" * 100 + f"\ninterpgan_ext: {reason}.\n"
-                    "Building the CPU kernels alone: on a GPU the ops will run their pure-PyTorch reference.\n"
-                    + "=" * 100,
-                    file=sys.stderr,
-                )
-                drop_cuda(ext, cxx_flags, reason)
-                vars(self.compiler).clear()
-                vars(self.compiler).update(unwrapped)
-                super().build_extensions()
+            ext = self.extensions[0]
+            cxx_flags = list(ext.extra_compile_args["cxx"])
+            while True:
+                try:
+                    return super().build_extensions()
+                except Exception as exc:  # noqa: BLE001  (distutils' CompileError, ninja's, torch's CUDA checks)
+                    what = " ".join(str(exc).split())[:300] or type(exc).__name__  # torch's messages span lines
+                    if any(src.endswith(".cu") for src in ext.sources) and not env_flag("INTERPGAN_FORCE_CUDA"):
+                        reason = f"the CUDA build failed ({what}); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
+                        banner(reason, "Building the CPU kernels alone: on a GPU the ops will run their pure-PyTorch "
+                                       "reference.")
+                        drop_cuda(ext, cxx_flags, reason)
+                    elif not (env_flag("INTERPGAN_REQUIRE_EXT") or env_flag("INTERPGAN_FORCE_CUDA")):
+                        banner(f"the C++ build failed ({what}); rebuild with INTERPGAN_REQUIRE_EXT=1 to stop at its "
+                               "error", "Installing without compiled ops: the package runs its pure-PyTorch reference "
+                                        "ops (slower), and says so when imported.")
+                        self.extensions = []
+                        return None
+                    else:
+                        raise
+                    vars(self.compiler).clear()
+                    vars(self.compiler).update(unwrapped)
 
-    return BuildExtWithCpuFallback
+    return BuildExtWithFallbacks
+
+
+def banner(reason, consequence):
+    rule = "=" * 100
+    print(f"\n{rule}\ninterpgan_ext: {reason}.\n{consequence}\n{rule}", file=sys.stderr)
 
 
 def drop_cuda(ext, cxx_flags, reason):

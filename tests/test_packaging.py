@@ -1,5 +1,5 @@
 """How the package builds: the source distribution holds every header it needs, a CUDA build error falls back to
-the CPU kernels (and says so), and the README names only files that exist."""
+the CPU kernels and a C++ one to no compiled ops (each saying so), and the README names only files that exist."""
 import os
 import re
 import shutil
@@ -61,6 +61,37 @@ def test_the_cuda_kernels_include_no_curand_header():
             assert not re.search(r"#\s*include\s*[<\"]curand", fh.read()), f"csrc/cuda/{name} includes a curand header"
 
 
+def _copy_of_the_sources(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.so", "__pycache__",
+                                                             "*.egg-info", "bench", ".pytest_cache", "tests", "python"))
+    return src
+
+
+def _environment(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
+    env.update(MAX_JOBS=os.environ.get("MAX_JOBS", "2"), **extra)
+    return env
+
+
+BUILD = [sys.executable, "setup.py", "build_ext", "--inplace"]
+
+
+def test_without_a_working_compiler_the_package_installs_without_its_ops(tmp_path):
+    src = _copy_of_the_sources(tmp_path)
+    env = _environment(INTERPGAN_SKIP_CUDA="1", CXX=str(tmp_path / "no-such-compiler"), CC=str(tmp_path / "no-such-cc"))
+    required = subprocess.run(BUILD, cwd=src, env=dict(env, INTERPGAN_REQUIRE_EXT="1"), capture_output=True, text=True,
+                              timeout=600)
+    assert required.returncode != 0
+    done = subprocess.run(BUILD, cwd=src, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "the C++ build failed" in done.stderr and "pure-PyTorch reference" in done.stderr
+    # No _C: the package then runs its reference ops and warns at import (test_backend's
+    # test_failed_import_warns_and_falls_back; importing the copy here would find the checkout's _C through an
+    # editable install's finder).
+    assert not list((src / "interpgan_ext").glob("_C*"))
+
+
 def _cuda_build_possible():
     """A CUDA build of torch and an nvcc of the same major CUDA (torch refuses to build with another)."""
     import torch
@@ -75,20 +106,16 @@ def _cuda_build_possible():
 @pytest.mark.slow
 @pytest.mark.skipif(not _cuda_build_possible(), reason="needs a CUDA build of torch and an nvcc of its CUDA (CI has both)")
 def test_a_cuda_compile_error_falls_back_to_the_cpu_kernels_and_says_why(tmp_path):
-    src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.so", "__pycache__",
-                                                             "*.egg-info", "bench", ".pytest_cache", "tests", "python"))
+    src = _copy_of_the_sources(tmp_path)
     broken = src / "csrc" / "cuda" / "langevin_step.cu"
     broken.write_text('#error "a deliberate compile error of the test"\n' + broken.read_text())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
-    env.update(TORCH_CUDA_ARCH_LIST="9.0", MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
-    build = [sys.executable, "setup.py", "build_ext", "--inplace"]
+    env = _environment(TORCH_CUDA_ARCH_LIST="9.0")
 
-    forced = subprocess.run(build, cwd=src, env=dict(env, INTERPGAN_FORCE_CUDA="1"), capture_output=True, text=True,
+    forced = subprocess.run(BUILD, cwd=src, env=dict(env, INTERPGAN_FORCE_CUDA="1"), capture_output=True, text=True,
                             timeout=900)
     assert forced.returncode != 0 and "a deliberate compile error" in forced.stdout + forced.stderr
 
-    done = subprocess.run(build, cwd=src, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(BUILD, cwd=src, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "the CUDA build failed (Error compiling objects" in done.stderr and "INTERPGAN_FORCE_CUDA=1" in done.stderr
     probe = ("import torch, interpgan_ext as ig; i = ig.info(); print(i['extension'], i['ext_cuda_kernels']);"
