@@ -96,10 +96,18 @@ def has_cuda_kernels():
     return _C is not None and bool(_C.with_cuda)
 
 
+def under_func_transform() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is active. The compiled ops' autograd is C++,
+    which those transforms cannot run ("cannot use C++ torch::autograd::Function with functorch transforms"), so
+    there the wrappers run the reference, which they differentiate and batch. (~50 ns a call.)"""
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def use_compiled(t: torch.Tensor) -> bool:
-    """True when the compiled kernel serves a tensor on t's device; warns once when CUDA falls back."""
+    """True when the compiled kernel serves a tensor on t's device (and no torch.func transform is active); warns
+    once when CUDA falls back."""
     global _warned_cuda_fallback
-    if _C is None:
+    if _C is None or under_func_transform():
         return False
     if t.device.type == "cpu":
         return True

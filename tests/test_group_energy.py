@@ -486,3 +486,33 @@ def test_compile_fullgraph_uses_both_ops(device, seeded):
         results.append((energy.detach(), z2, fr.grad, Wr.grad))
     for got, want in zip(*results):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_func_transforms_run_the_reference(device, seeded):
+    """grad, vmap and jacrev over group_energy: the compiled ops' C++ autograd cannot run under torch.func, so the
+    wrapper runs the reference there, which the transforms differentiate and batch."""
+    f, W, groups = make_inputs(4, 7, 3, 2, 4, device, torch.float64, gen=seeded)  # a group may be empty
+    one = lambda f1, W: group_energy(f1[None], W, groups)[0]  # noqa: E731  (one sample's energy)
+    torch.testing.assert_close(torch.func.vmap(one, in_dims=(0, None))(f, W), group_energy(f, W, groups))
+    per_sample_dW = torch.func.vmap(torch.func.grad(one, argnums=1), in_dims=(0, None))(f, W)
+    for b in range(f.shape[0]):
+        Wb = W.clone().requires_grad_(True)
+        group_energy(f[b:b + 1], Wb, groups).sum().backward()
+        torch.testing.assert_close(per_sample_dW[b], Wb.grad)
+    jac = torch.func.jacrev(lambda f: group_energy(f, W, groups))(f)  # [B, B, M, H, W]: sample b's g on its f only
+    fr = f.clone().requires_grad_(True)
+    group_energy(fr, W, groups).sum().backward()
+    torch.testing.assert_close(torch.einsum("bb...->b...", jac), fr.grad)
+    off_diagonal = jac.clone()
+    off_diagonal[range(f.shape[0]), range(f.shape[0])] = 0
+    assert off_diagonal.abs().max() == 0
+
+
+def test_torch_func_grad_through_a_langevin_step(device, seeded):
+    z, grad, noise = (torch.randn(3, 5, generator=seeded, dtype=torch.float64).to(device) for _ in range(3))
+    loss = lambda z: ig.ops.langevin_step(z, grad, 0.3, 0.7, drift_clip=1.0, noise=noise).pow(2).sum()  # noqa: E731
+    zr = z.clone().requires_grad_(True)
+    loss(zr).backward()
+    torch.testing.assert_close(torch.func.grad(loss)(z), zr.grad)
+    batched = torch.func.vmap(lambda z1, n1: ig.ops.langevin_step(z1, z1 * 0, 0.3, noise=n1))(z, noise)
+    torch.testing.assert_close(batched, ig.ops.langevin_step(z, z * 0, 0.3, noise=noise))

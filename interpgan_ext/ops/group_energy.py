@@ -64,9 +64,11 @@ def check_partition(groups: torch.Tensor, n_groups: int) -> torch.Tensor:
 def group_means(f: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """SPEC §1: fbar [B, C, K] from f [B, M, K]; an empty group's mean is 0."""
     B, M, K = f.shape
-    counts = torch.zeros(n_groups, dtype=f.dtype, device=f.device).index_add_(0, groups, f.new_ones(M))
+    # index_add out of place: torch.func.vmap batches it (not the in-place form into an unbatched zeros), and it
+    # still range-checks the ids (a device-side assert on CUDA)
+    counts = torch.zeros(n_groups, dtype=f.dtype, device=f.device).index_add(0, groups, f.new_ones(M))
     inv_n = torch.where(counts > 0, 1.0 / counts.clamp_min(1), torch.zeros_like(counts))
-    return f.new_zeros(B, n_groups, K).index_add_(1, groups, f) * inv_n[None, :, None]
+    return f.new_zeros(B, n_groups, K).index_add(1, groups, f) * inv_n[None, :, None]
 
 
 def group_energy_reference(f: torch.Tensor, W: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
