@@ -8,6 +8,8 @@ Environment switches:
                               a CPU build of torch, or a compile or link error in the CUDA kernels)
     INTERPGAN_SKIP_EXT=1      build no extension at all (pure-PyTorch reference backend)
     INTERPGAN_REQUIRE_EXT=1   fail, instead of installing without compiled ops, when the C++ build fails
+    INTERPGAN_ALLOW_TORCH_MISMATCH=1  build in pip's isolated environment even when its torch is not the one
+                              installed here (pip wheel for another environment; see isolated_torch_mismatch)
     TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPU, else a common list)
     MAX_JOBS                  parallel compile jobs (ninja)
     CUDA_HOME                 the CUDA toolkit (default: found from nvcc on PATH, then /usr/local/cuda)
@@ -15,7 +17,10 @@ Environment switches:
 import glob
 import os
 import shutil
+import site
 import sys
+import sysconfig
+from importlib import metadata
 
 from setuptools import find_packages, setup
 
@@ -59,6 +64,27 @@ def pip_cuda_dirs():
     return includes, libs
 
 
+def isolated_torch_mismatch(torch_file, torch_version, purelib, usersite=None):
+    """A message when torch was imported from outside this environment's site-packages and the user's (from pip's
+    isolated build environment, where pip installs the newest torch) and this environment has another torch, else None.
+
+    The extension would be compiled against the build environment's torch and would not load with the installed one
+    (torch keeps no C++ ABI across versions): the package would run its reference ops, after a download of several GB.
+    """
+    if any(os.path.abspath(torch_file).startswith(os.path.abspath(d) + os.sep) for d in (purelib, usersite) if d):
+        return None
+    installed = [d.version for d in metadata.distributions(path=[purelib]) if (d.metadata["Name"] or "").lower() == "torch"]
+    public = lambda v: v.split("+")[0]  # noqa: E731  ("2.14.1+cu130" imports as the wheel "2.14.1")
+    if not installed or public(installed[0]) == public(torch_version):
+        return None
+    return (
+        f"interpgan_ext: pip is building in an isolated environment against torch {torch_version}, but this environment "
+        f"has torch {installed[0]}: the compiled ops would not load with it. Build against the installed torch:\n"
+        "    pip install --no-build-isolation .\n"
+        "(INTERPGAN_ALLOW_TORCH_MISMATCH=1 builds anyway, e.g. a wheel for another environment.)"
+    )
+
+
 def cuda_arch_note():
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -88,6 +114,11 @@ def build_extensions():
     locate_cuda_home()
     import torch
     from torch.utils import cpp_extension
+
+    mismatch = isolated_torch_mismatch(torch.__file__, torch.__version__, sysconfig.get_paths()["purelib"],
+                                       site.getusersitepackages())
+    if mismatch and not env_flag("INTERPGAN_ALLOW_TORCH_MISMATCH"):
+        raise SystemExit(mismatch)
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
@@ -197,18 +228,22 @@ def drop_cuda(ext, cxx_flags, reason):
     ext.extra_compile_args = {"cxx": cxx_flags}
 
 
-ext_modules, cmdclass = build_extensions()
+def main():
+    ext_modules, cmdclass = build_extensions()
+    setup(
+        name="interpgan_ext",
+        version="0.1.0",
+        description="Interpretable GANs (Li et al., AAAI 2022) with fused C++/CUDA ops for PyTorch",
+        packages=find_packages(include=["interpgan_ext", "interpgan_ext.*"]),
+        python_requires=">=3.9",
+        install_requires=["torch>=2.4", "numpy", "tqdm", "pillow", "scipy", "scikit-learn"],
+        extras_require={"test": ["pytest", "scikit-image"], "viz": ["matplotlib", "tensorboard"]},
+        entry_points={"console_scripts": ["interpgan=interpgan_ext.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        zip_safe=False,
+    )
 
-setup(
-    name="interpgan_ext",
-    version="0.1.0",
-    description="Interpretable GANs (Li et al., AAAI 2022) with fused C++/CUDA ops for PyTorch",
-    packages=find_packages(include=["interpgan_ext", "interpgan_ext.*"]),
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4", "numpy", "tqdm", "pillow", "scipy", "scikit-learn"],
-    extras_require={"test": ["pytest", "scikit-image"], "viz": ["matplotlib", "tensorboard"]},
-    entry_points={"console_scripts": ["interpgan=interpgan_ext.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    zip_safe=False,
-)
+
+if __name__ == "__main__":  # pip's build backend runs this file as __main__ too; tests import its helpers
+    main()

@@ -1,5 +1,7 @@
 """How the package builds: the source distribution holds every header it needs, a CUDA build error falls back to
-the CPU kernels and a C++ one to no compiled ops (each saying so), and the README names only files that exist."""
+the CPU kernels and a C++ one to no compiled ops (each saying so), pip's isolated build against another torch than the
+installed one is refused, and the README names only files that exist."""
+import importlib.util
 import os
 import re
 import shutil
@@ -128,3 +130,27 @@ def test_a_cuda_compile_error_falls_back_to_the_cpu_kernels_and_says_why(tmp_pat
     loaded, reason, agrees = used.stdout.splitlines()
     assert loaded == "loaded False" and "CUDA build failed" in reason and "INTERPGAN_FORCE_CUDA=1" in reason
     assert agrees == "True"
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("interpgan_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
+    return module
+
+
+def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refused(tmp_path):
+    setup_py = _setup_module()
+    site_packages, build_env = tmp_path / "site-packages", tmp_path / "pip-build-env" / "overlay"
+    (site_packages / "torch-2.14.1.dist-info").mkdir(parents=True)
+    (site_packages / "torch-2.14.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.14.1\n")
+    isolated_torch = str(build_env / "torch" / "__init__.py")
+    message = setup_py.isolated_torch_mismatch(isolated_torch, "2.15.0+cu132", str(site_packages))
+    assert message and "against torch 2.15.0+cu132" in message and "has torch 2.14.1" in message
+    assert "pip install --no-build-isolation ." in message
+    # the same torch (a local version tag aside), the environment's own torch, the user's, or none installed: built
+    assert setup_py.isolated_torch_mismatch(isolated_torch, "2.14.1+cu130", str(site_packages)) is None
+    assert setup_py.isolated_torch_mismatch(str(site_packages / "torch" / "__init__.py"), "2.15.0", str(site_packages)) is None
+    user = tmp_path / "user-site"
+    assert setup_py.isolated_torch_mismatch(str(user / "torch" / "__init__.py"), "2.15.0", str(site_packages), str(user)) is None
+    assert setup_py.isolated_torch_mismatch(isolated_torch, "2.15.0", str(tmp_path / "empty")) is None
