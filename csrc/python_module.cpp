@@ -18,6 +18,11 @@
 #define INTERPGAN_BUILT_WITH_TORCH ""
 #endif
 
+// The torch this file was built against, readable from the file without loading it: when loading fails (another
+// torch's symbols), interpgan_ext/_backend.py reads it to say which torch to rebuild against.
+extern "C" __attribute__((used)) const char interpgan_build_stamp[] =
+    "interpgan_ext-built-with-torch=" INTERPGAN_BUILT_WITH_TORCH ";";
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "interpgan_ext compiled kernels (ops are registered under torch.ops.interpgan)";
 #ifdef INTERPGAN_WITH_CUDA

@@ -4,7 +4,9 @@ The package always imports: without the extension every op runs its pure-PyTorch
 reason is given once as a warning and in `interpgan_ext.info()`. `INTERPGAN_BACKEND=reference` forces
 the reference backend.
 """
+import glob
 import os
+import re
 import warnings
 
 import torch
@@ -28,17 +30,32 @@ def _needs_python_prechecks() -> bool:
 
 PYTHON_PRECHECKS = _needs_python_prechecks()
 
+
+def _built_against_another_torch(package_dir) -> str:
+    """When _C fails to load: " (built against torch X, and this is torch Y)" if its build stamp (python_module.cpp)
+    names another torch, else "". The file is read as bytes, never loaded."""
+    for path in glob.glob(os.path.join(package_dir, "_C.*")):
+        try:
+            with open(path, "rb") as fh:
+                found = re.search(rb"interpgan_ext-built-with-torch=([^;\x00]+);", fh.read())
+        except OSError:
+            continue
+        built = found.group(1).decode(errors="replace") if found else None
+        if built and built.split("+")[0] != torch.__version__.split("+")[0]:
+            return f" (it was built against torch {built}, and this is torch {torch.__version__})"
+    return ""
+
 if os.environ.get("INTERPGAN_BACKEND", "").strip().lower() == "reference":
     unavailable_reason = "forced by INTERPGAN_BACKEND=reference"
 else:
     try:
         from interpgan_ext import _C  # noqa: F811  (registers torch.ops.interpgan.*)
     except (ImportError, OSError) as exc:  # not built, or built against another torch / CUDA
-        unavailable_reason = f"{type(exc).__name__}: {exc}"
+        unavailable_reason = f"{type(exc).__name__}: {exc}" + _built_against_another_torch(os.path.dirname(__file__))
         warnings.warn(
             "interpgan_ext: the compiled ops could not be loaded, so the slower pure-PyTorch reference is used. "
-            f"Reason: {unavailable_reason}. Rebuild with `pip install --no-build-isolation .` "
-            "(set INTERPGAN_BACKEND=reference to silence this).",
+            f"Reason: {unavailable_reason}. Rebuild with `pip install --no-build-isolation --force-reinstall "
+            "--no-deps .` (set INTERPGAN_BACKEND=reference to silence this).",
             RuntimeWarning,
             stacklevel=2,
         )

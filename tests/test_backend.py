@@ -125,6 +125,24 @@ def test_forced_reference_backend_works():
     assert "could not be loaded" not in r.stderr  # forced: no warning
 
 
+def test_a_failed_load_names_the_torch_the_extension_was_built_against(tmp_path):
+    # An extension built against another torch fails on an undefined symbol; its build stamp says which torch.
+    stamp = b"\x00\x01interpgan_ext-built-with-torch=2.4.1;\x00more"
+    (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF" + bytes(range(256)) * 40 + stamp)
+    said = ig._backend._built_against_another_torch(str(tmp_path))
+    assert said == f" (it was built against torch 2.4.1, and this is torch {torch.__version__})"
+    this_torch = torch.__version__.split("+")[0].encode()
+    (tmp_path / "_C.cpython-311-x86_64-linux-gnu.so").write_bytes(b"interpgan_ext-built-with-torch=" + this_torch + b";")
+    assert ig._backend._built_against_another_torch(str(tmp_path)) == ""
+    assert ig._backend._built_against_another_torch(str(tmp_path / "nothing-here")) == ""
+
+
+@pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
+def test_the_built_extension_carries_its_build_stamp():
+    with open(ig._backend._C.__file__, "rb") as fh:
+        assert f"interpgan_ext-built-with-torch={ig._backend._C.torch_version};".encode() in fh.read()
+
+
 def test_failed_import_warns_and_falls_back():
     r = run_py("import sys; sys.modules['interpgan_ext._C'] = None\n"
                "import warnings; warnings.simplefilter('always')\n"
