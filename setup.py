@@ -55,8 +55,8 @@ def pip_cuda_dirs():
     cuDNN, NCCL); the CUDA build of torch installs them as wheels next to itself.
     """
     includes, libs = [], []
-    for site in sys.path:
-        base = os.path.join(site, "nvidia")
+    for entry in sys.path:
+        base = os.path.join(entry, "nvidia")
         if not os.path.isdir(base):
             continue
         includes += sorted(glob.glob(os.path.join(base, "*", "include")))

@@ -45,6 +45,7 @@ def _built_against_another_torch(package_dir) -> str:
             return f" (it was built against torch {built}, and this is torch {torch.__version__})"
     return ""
 
+
 if os.environ.get("INTERPGAN_BACKEND", "").strip().lower() == "reference":
     unavailable_reason = "forced by INTERPGAN_BACKEND=reference"
 else:
