@@ -20,8 +20,7 @@
 
 // The torch this file was built against, readable from the file without loading it: when loading fails (another
 // torch's symbols), interpgan_ext/_backend.py reads it to say which torch to rebuild against.
-extern "C" __attribute__((used)) const char interpgan_build_stamp[] =
-    "interpgan_ext-built-with-torch=" INTERPGAN_BUILT_WITH_TORCH ";";
+static const char kBuildStamp[] = "interpgan_ext-built-with-torch=" INTERPGAN_BUILT_WITH_TORCH ";";
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "interpgan_ext compiled kernels (ops are registered under torch.ops.interpgan)";
@@ -35,6 +34,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.attr("cuda_archs") = std::string(INTERPGAN_CUDA_ARCHS);
   m.attr("torch_version") = std::string(INTERPGAN_BUILT_WITH_TORCH);
+  m.attr("build_stamp") = py::str(kBuildStamp);  // its address, read at import: the bytes stay whole in the file
   // at::parallel_for is a header template: compiled without OpenMP (where torch's pool is OpenMP) it runs serially.
 #ifdef _OPENMP
   m.attr("cpu_parallel") = "OpenMP";

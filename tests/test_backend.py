@@ -139,8 +139,10 @@ def test_a_failed_load_names_the_torch_the_extension_was_built_against(tmp_path)
 
 @pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
 def test_the_built_extension_carries_its_build_stamp():
+    stamp = f"interpgan_ext-built-with-torch={ig._backend._C.torch_version};"
+    assert ig._backend._C.build_stamp == stamp
     with open(ig._backend._C.__file__, "rb") as fh:
-        assert f"interpgan_ext-built-with-torch={ig._backend._C.torch_version};".encode() in fh.read()
+        assert stamp.encode() in fh.read()
 
 
 def test_failed_import_warns_and_falls_back():
