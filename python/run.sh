@@ -53,8 +53,10 @@ setup() {
     echo "== building the extension (C++ and, where torch has CUDA and nvcc is found, CUDA kernels)"
     export MAX_JOBS=${MAX_JOBS:-2}
     python -m pip install -v --no-build-isolation --no-deps -e . > build.log 2>&1 || { tail -40 build.log; exit 1; }
-    # setup.py's fallbacks (CUDA kernels that failed to build, no working compiler) say so in a banner: show it
-    grep -E "^ *(interpgan_ext: |Building the CPU kernels alone|Installing without compiled ops)" build.log | sed 's/^ *//' || true
+    # setup.py's fallbacks (CUDA kernels that failed to build, no working compiler) say so in a banner: show it,
+    # once (pip runs setup.py twice for an editable install)
+    grep -E "^ *(interpgan_ext: |Building the CPU kernels alone|Installing without compiled ops)" build.log \
+      | sed 's/^ *//' | awk '!seen[$0]++' || true
   fi
   python -c "import interpgan_ext as ig; print(ig.info())"
 }
