@@ -136,7 +136,9 @@ def build_extensions():
     define_macros = [("INTERPGAN_BUILT_WITH_TORCH", f'"{torch_version}"')]
     omp = openmp_flags(torch)
     # -fno-math-errno (as torch builds itself): sqrt on vectors becomes one instruction (csrc/cpu/normal_noise.h).
-    cxx_flags = ["-O3", "-fno-math-errno"] + omp  # the C++ standard is the one torch.utils.cpp_extension picks
+    # -Wno-psabi: GCC's notes that passing a vector argument changed ABI in GCC 4.6 (the functions that take vectors
+    # are all inlined: csrc/cpu/simd.h); its diagnostic pragma does not silence them.
+    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"] + omp  # the C++ standard is the one cpp_extension picks
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs = []

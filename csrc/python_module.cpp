@@ -2,6 +2,7 @@
 #include <torch/extension.h>
 
 #include "cpu/buffer_cache.h"
+#include "cpu/simd.h"
 
 #ifdef INTERPGAN_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -41,6 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("cpu_parallel") = py::none();
 #endif
+  m.attr("cpu_vector_code") = interpgan::simd::vector_code();
   m.def(
       "cpu_cache_stats",
       [] {

@@ -180,6 +180,8 @@ def info() -> BuildInfo:
     if _C is not None:
         out["ext_built_with_torch"] = _C.torch_version
         out["ext_cpu_parallel"] = getattr(_C, "cpu_parallel", None) or "none: one thread"
+        if hasattr(_C, "cpu_vector_code"):  # builds before 2026-12-07 lack it
+            out["ext_cpu_vector_code"] = _C.cpu_vector_code  # avx2 / sse2 (x86-64), portable (arm64, ...)
         if hasattr(_C, "cpu_cache_stats"):  # builds before the cache lack it
             out["ext_cpu_cache_mb"] = _C.cpu_cache_stats()["limit_bytes"] >> 20  # INTERPGAN_CPU_CACHE_MB; 0 = off
         out["ext_cuda_kernels"] = bool(_C.with_cuda)

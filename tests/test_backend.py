@@ -1,5 +1,6 @@
 """Backend selection: the compiled extension, the forced reference, and a failed import."""
 import os
+import platform
 import subprocess
 import sys
 import types
@@ -92,6 +93,23 @@ def test_cpu_kernels_are_built_parallel_where_torch_uses_openmp():
         assert ig._backend._C.cpu_parallel == "OpenMP"
         assert ig.info()["ext_cpu_parallel"] == "OpenMP"
     assert ig._backend.serial_cpu_kernels() is None
+
+
+@pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
+def test_the_build_reports_the_vector_code_it_runs():
+    code = ig.info()["ext_cpu_vector_code"]
+    assert code == ig._backend._C.cpu_vector_code and code.split()[0] in ("avx2", "sse2", "portable")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        assert code.startswith("portable")  # arm64 and the rest: the compiler's vectors
+        return
+    cpu_flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu_flags = {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+    if code.startswith("avx2"):  # only where the CPU can run it
+        assert {"avx2", "fma"} <= cpu_flags or not cpu_flags
+    elif code.startswith("sse2") and {"avx2", "fma"} <= cpu_flags:
+        assert "built without" in code  # a Clang build: no AVX2 clones
 
 
 def test_a_serial_build_is_reported(monkeypatch):

@@ -16,7 +16,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
-#if defined(__SSE2__)
+#if defined(IG_X86_SSE2)
 #include <emmintrin.h>
 #endif
 #include <vector>
@@ -304,7 +304,7 @@ IG_TILE_ENTRY_POINTS(double, f64)
 // One tile row into the packed buffer with non-temporal stores: the buffer is larger than the caches, so a plain
 // store would first read each line it writes (write-allocate), a third more memory traffic. The destination must
 // be 16-byte aligned (copy_tiles checks).
-#if defined(__SSE2__)
+#if defined(IG_X86_SSE2)
 template <typename T, int KT>
 IG_INLINE void stream_copy(T* dst, const T* src) {
   static_assert(KT * sizeof(T) % 16 == 0, "whole 16-byte stores");

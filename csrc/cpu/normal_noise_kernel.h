@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#if defined(__SSE2__)
+#if defined(IG_X86_SSE2)
 #include <immintrin.h>
 #endif
 
@@ -32,11 +32,11 @@ using U64x2 = simd::Vec<uint64_t, 2>;
 IG_INLINE U64 low_products(U64 x, uint32_t m) {
 #if defined(IG_NOISE_AVX2)
   return (U64)_mm256_mul_epu32((__m256i)x, _mm256_set1_epi64x(m));
-#elif defined(__SSE2__)
-  const U64x2 x0 = __builtin_shufflevector(x, x, 0, 1), x1 = __builtin_shufflevector(x, x, 2, 3);
+#elif defined(IG_X86_SSE2)
+  const U64x2 x0 = simd::lanes<0, 2>(x), x1 = simd::lanes<2, 2>(x);
   const __m128i mm = _mm_set1_epi64x(m);
   const U64x2 p0 = (U64x2)_mm_mul_epu32((__m128i)x0, mm), p1 = (U64x2)_mm_mul_epu32((__m128i)x1, mm);
-  return __builtin_shufflevector(p0, p1, 0, 1, 2, 3);
+  return simd::concat(p0, p1);
 #else
   return (x & 0xffffffffu) * m;
 #endif
@@ -68,7 +68,7 @@ IG_INLINE void philox(const KeySchedule& ks, uint64_t counter, U32 (&out)[4]) {
   philox_rounds(ks, even);
   philox_rounds(ks, odd);
   IG_UNROLL for (int i = 0; i < 4; ++i)
-    out[i] = __builtin_shufflevector((U32)even[i], (U32)odd[i], 0, 8, 2, 10, 4, 12, 6, 14);
+    out[i] = simd::even_lanes_interleaved((U32)even[i], (U32)odd[i]);
 }
 
 // Per precision: the bit layout, and how many terms of each series reach its last bit: with |s| < 0.172 and
@@ -185,8 +185,7 @@ IG_INLINE V<T> word_bits(U32 w) {
     return __builtin_convertvector(x, V<T>);
   } else {
     static_assert(kMathLanes<T> == 4, "double lanes are done in halves");
-    typedef int32_t Half __attribute__((vector_size(16)));
-    return __builtin_convertvector((Half)__builtin_shufflevector(x, x, first, first + 1, first + 2, first + 3), V<T>);
+    return __builtin_convertvector(simd::lanes<first, 4>(x), V<T>);
   }
 }
 

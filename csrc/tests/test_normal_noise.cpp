@@ -201,6 +201,11 @@ static void test_cuda_noise_distribution(uint64_t seed) {
 }
 
 int main() {
+#if defined(IG_X86_SSE2)
+  std::printf("this file's copy of the noise code: SSE2 (x86-64's baseline)\n");
+#else
+  std::printf("this file's copy of the noise code: the portable one (arm64's)\n");
+#endif
   // Random123's known answer for Philox4x32-10 at counter 0, key 0 (kat_vectors), lane 0 of chunk 0.
   U32 w[4];
   philox(KeySchedule(0), 0, w);
