@@ -8,19 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DIR=build/sanitize-cpu
-mkdir -p "$DIR"
-# A fresh copy each run; cp -p keeps the sources' times, so ninja recompiles only what changed since the last run.
-rm -rf "$DIR/interpgan_ext" "$DIR/csrc" "$DIR/tests" "$DIR/python"
-mkdir -p "$DIR/python"
-cp -rp interpgan_ext csrc tests setup.py pyproject.toml "$DIR/"
-cp -rp python/examples "$DIR/python/"
-rm -f "$DIR"/interpgan_ext/_C*.so
-cd "$DIR"
+source python/build_copy.sh
 
 echo "== building the CPU kernels with -fsanitize=address,undefined (log: $DIR/build.log)"
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -g"
-INTERPGAN_SKIP_CUDA=1 MAX_JOBS=${MAX_JOBS:-2} CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" \
-  python setup.py build_ext --inplace > build.log 2>&1 || { tail -30 build.log; exit 1; }
+build_copy "$DIR" CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined"
+cd "$DIR"
 
 # Python itself is not instrumented, so the runtimes of the compiler that built the extension are preloaded.
 # Leak checks are off (CPython keeps its allocations to the end); every other finding stops the run.
@@ -36,15 +29,7 @@ export PYTHONPATH="$PWD"
 unset INTERPGAN_BACKEND
 
 # The run must use this instrumented build, not the installed one.
-python - <<'EOF'
-import os
-import interpgan_ext as ig
-from interpgan_ext import _backend
-assert _backend.has_extension(), f"the sanitized extension did not load: {_backend.unavailable_reason}"
-so = os.path.realpath(_backend._C.__file__)
-assert so.startswith(os.getcwd()), f"loaded {so}, not the sanitized build in {os.getcwd()}"
-print("sanitize_cpu: testing", so)
-EOF
+check_copy_loads sanitize_cpu
 
 # --capture=sys: a sanitizer writes its report to file descriptor 2 and aborts; pytest must not be holding it.
 # The op tests, then the ops inside a real training loop (GMM, Langevin chains, W and G steps, a checkpoint).

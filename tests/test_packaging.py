@@ -157,3 +157,37 @@ def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refus
     user = tmp_path / "user-site"
     assert setup_py.isolated_torch_mismatch(str(user / "torch" / "__init__.py"), "2.15.0", str(site_packages), str(user)) is None
     assert setup_py.isolated_torch_mismatch(isolated_torch, "2.15.0", str(tmp_path / "empty")) is None
+
+
+def _cross_compile_module():
+    spec = importlib.util.spec_from_file_location("cross_compile", os.path.join(ROOT, "python", "cross_compile.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cross_compile_check_keeps_our_warnings_and_every_error():
+    cross = _cross_compile_module()
+    ours = os.path.join(ROOT, "csrc", "cpu", "simd.h")
+    output = "\n".join([
+        f"{ours}:73:3: warning: passing 4-byte aligned argument to 16-byte aligned parameter [-Walign-mismatch]",
+        "/venv/site-packages/torch/include/c10/util/Half.h:10:1: warning: torch's own [-Wdeprecated]",
+        "/venv/site-packages/torch/include/ATen/ATen.h:5:2: error: C++20 or later compatible compiler is required",
+        "2 warnings and 1 error generated."])
+    kept = cross.our_diagnostics(output)
+    assert len(kept) == 2 and kept[0].startswith(ours) and "error: C++20" in kept[1]
+    command = cross.compile_command("aarch64-macos", "x.cpp")
+    assert command[command.index("-target") + 1] == "aarch64-macos"
+    assert {"-std=c++20", "-Wall", "-c", "x.cpp"} <= set(command)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ziglang") is None,
+                    reason="the ziglang package (Clang that cross-compiles) is not installed")
+def test_the_cross_compile_check_compiles_for_the_target_and_fails_what_does_not_build(tmp_path, monkeypatch, capsys):
+    cross = _cross_compile_module()
+    for name, pointer_bytes, want in (("lp64.cpp", 8, 0), ("ilp32.cpp", 4, 1)):  # arm64 has 8-byte pointers
+        source = tmp_path / name
+        source.write_text(f'static_assert(sizeof(void*) == {pointer_bytes}, "pointer size");\n')
+        monkeypatch.setattr(cross, "sources", lambda: [str(source)])
+        assert cross.main(["aarch64-linux-gnu", "--jobs", "1"]) == want
+    assert "FAIL aarch64-linux-gnu" in capsys.readouterr().out
