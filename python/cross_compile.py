@@ -1,6 +1,6 @@
 """Compiles the extension's C++ sources for other CPUs and systems with Clang (the ziglang pip package's, which
 cross-compiles), against this torch's headers: arm64 Linux (Graviton, Grace) and arm64 macOS (Apple silicon) by
-default. Compile only: nothing is linked or run, so it shows that the code builds there, not that it is right (the
+default. Compile only: nothing is linked or run (the objects go to a temporary directory), so it shows that the code builds there, not that it is right (the
 portable build of python/other_builds.sh runs the same vector code here). Without OpenMP: Clang has no omp.h here.
 
     python python/cross_compile.py [TARGET ...]       # pip install ziglang first; or: bash python/other_builds.sh arm64
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,12 +28,12 @@ def sources():
     return sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
 
 
-def compile_command(target, source):
+def compile_command(target, source, obj):
     includes = [os.path.join(ROOT, "csrc")] + cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     version = torch.__version__.split("+")[0]
     return ([sys.executable, "-m", "ziglang", "c++", "-target", target, "-std=c++20", "-O2", "-Wall", "-fno-math-errno",
              "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", f'-DINTERPGAN_BUILT_WITH_TORCH="{version}"',
-             "-c", source, "-o", os.devnull] + [f"-I{d}" for d in includes])
+             "-c", source, "-o", obj] + [f"-I{d}" for d in includes])
 
 
 def our_diagnostics(output):
@@ -51,11 +52,14 @@ def main(argv=None):
     start = time.time()
 
     def run(job):
-        proc = subprocess.run(compile_command(*job), capture_output=True, text=True)
+        target, source = job
+        obj = os.path.join(out_dir, f"{target}-{os.path.basename(source)}.o")
+        # zig's Clang writes NAME.o into the working directory when told -o /dev/null: the objects go to out_dir
+        proc = subprocess.run(compile_command(target, source, obj), capture_output=True, text=True, cwd=out_dir)
         return job, proc.returncode, our_diagnostics(proc.stdout + proc.stderr)
 
     failed = 0
-    with ThreadPoolExecutor(args.jobs) as pool:
+    with tempfile.TemporaryDirectory() as out_dir, ThreadPoolExecutor(args.jobs) as pool:
         for (target, source), code, lines in pool.map(run, jobs):
             ok = code == 0 and not lines
             failed += not ok

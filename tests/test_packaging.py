@@ -176,8 +176,8 @@ def test_the_cross_compile_check_keeps_our_warnings_and_every_error():
         "2 warnings and 1 error generated."])
     kept = cross.our_diagnostics(output)
     assert len(kept) == 2 and kept[0].startswith(ours) and "error: C++20" in kept[1]
-    command = cross.compile_command("aarch64-macos", "x.cpp")
-    assert command[command.index("-target") + 1] == "aarch64-macos"
+    command = cross.compile_command("aarch64-macos", "x.cpp", "x.o")
+    assert command[command.index("-target") + 1] == "aarch64-macos" and command[command.index("-o") + 1] == "x.o"
     assert {"-std=c++20", "-Wall", "-c", "x.cpp"} <= set(command)
 
 
@@ -185,9 +185,11 @@ def test_the_cross_compile_check_keeps_our_warnings_and_every_error():
                     reason="the ziglang package (Clang that cross-compiles) is not installed")
 def test_the_cross_compile_check_compiles_for_the_target_and_fails_what_does_not_build(tmp_path, monkeypatch, capsys):
     cross = _cross_compile_module()
+    monkeypatch.chdir(tmp_path)
     for name, pointer_bytes, want in (("lp64.cpp", 8, 0), ("ilp32.cpp", 4, 1)):  # arm64 has 8-byte pointers
         source = tmp_path / name
         source.write_text(f'static_assert(sizeof(void*) == {pointer_bytes}, "pointer size");\n')
         monkeypatch.setattr(cross, "sources", lambda: [str(source)])
         assert cross.main(["aarch64-linux-gnu", "--jobs", "1"]) == want
     assert "FAIL aarch64-linux-gnu" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["ilp32.cpp", "lp64.cpp"]  # no object left behind
