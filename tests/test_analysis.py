@@ -241,3 +241,62 @@ def test_text_edit_loads_a_local_model_and_lowers_the_text_loss(tmp_path):
     assert hist[-1] < hist[0] and not torch.allclose(z_new, z) and x.shape == (4, 3, 8, 8)
     with pytest.raises(ImportError, match="open_clip"):
         load_image_text_model("open_clip:ViT-B-32:/nonexistent.pt")
+
+
+_LOADER = '''
+import torch
+from torch import nn
+from interpgan_ext.analysis.text_edit import byte_tokens
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(32, 16))
+        self.tok = nn.EmbeddingBag(257, 16)
+
+    def encode_image(self, x):
+        return self.img(x)
+
+    def encode_text(self, tokens):
+        return self.tok(tokens)
+
+
+def load(device):
+    torch.manual_seed(0)
+    return Tiny().to(device).train(), byte_tokens, 16
+
+
+def not_a_triple(device):
+    return Tiny()
+
+
+def no_text_encoder(device):
+    return nn.Linear(2, 2), byte_tokens, 16
+'''
+
+
+def test_text_edit_loads_a_model_from_a_loader_function_of_the_users(tmp_path, monkeypatch):
+    # The way to any image-text model (Hugging Face's CLIP, say) without TorchScript, which torch 2.15 deprecates.
+    from interpgan_ext.analysis.text_edit import byte_tokens, load_image_text_model, text_edit
+
+    loader = tmp_path / "my_clip_loader.py"
+    loader.write_text(_LOADER)
+    model, tokenizer, size = load_image_text_model(f"python:{loader}:load")
+    assert tokenizer is byte_tokens and size == 16 and not model.training  # put in eval mode, as the others are
+    G = SmallG()
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(7))
+    z_new, x, hist = text_edit(G, z, model, tokenizer(["a face with red hair"]), size, steps=60, lr=0.05,
+                               l2_weight=0.001)
+    assert hist[-1] < hist[0] and not torch.allclose(z_new, z) and x.shape == (4, 3, 8, 8)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the same loader as an importable module
+    assert load_image_text_model("python:my_clip_loader:load")[2] == 16
+    for spec, error, message in (
+            (f"python:{tmp_path / 'missing.py'}:load", FileNotFoundError, "no loader file"),
+            (f"python:{loader}:absent", ValueError, "has no function absent"),
+            (f"python:{loader}:not_a_triple", ValueError, "must return .model, tokenizer, image size."),
+            (f"python:{loader}:no_text_encoder", ValueError, "has no encode_image"),
+            ("python:load", ValueError, "is not python:FILE.py:FUNCTION")):
+        with pytest.raises(error, match=message):
+            load_image_text_model(spec)

@@ -421,7 +421,9 @@ def add_parsers(sub):
                     help="the image transformation the walk learns to reproduce")
     st.add_argument("--steps", type=POSITIVE, default=300, help="training steps of the walk")
     te = sub.add_parser("text-edit", help="StyleCLIP-style latent optimisation towards a text (local model only)")
-    te.add_argument("--model", required=True, help="open_clip:ARCH:/path/weights.pt, or a TorchScript file")
+    te.add_argument("--model", required=True,
+                    help="open_clip:ARCH:/path/weights.pt; python:loader.py:FUNCTION (FUNCTION(device) returns "
+                         "(model, tokenizer, image size)); or a TorchScript file")
     te.add_argument("--text", required=True, help="the text the images are moved towards")
     te.add_argument("--n", type=POSITIVE, default=4, help="images edited")
     te.add_argument("--steps", type=POSITIVE, default=100, help="optimisation steps")

@@ -3,10 +3,14 @@ model finds G(z) closer to a text, with an L2 leash to the starting latent.
 
 The image-text model is pluggable: any object with `encode_image(images) -> [B, D]` and
 `encode_text(tokens) -> [T, D]`, plus a tokenizer (str list -> tokens). `load_image_text_model` loads
-open_clip with the user's local weights, or a TorchScript file of such a model. Weights cannot be downloaded
-here, so the tests use a small, randomly initialised TorchScript model: they check the loading path and that
-the optimisation lowers the text loss, not that the edits mean anything.
+open_clip with the user's local weights, a loader function of the user's (any model: Hugging Face's CLIP, say), or a
+TorchScript file of such a model (torch 2.15 deprecates TorchScript). Weights cannot be downloaded here, so the tests
+use small, randomly initialised models: they check the loading paths and that the optimisation lowers the text
+loss, not that the edits mean anything.
 """
+import importlib
+import importlib.util
+import os
 from typing import Callable, Sequence
 
 import torch
@@ -26,9 +30,14 @@ def byte_tokens(texts: Sequence[str], length: int = 32) -> torch.Tensor:
 
 
 def load_image_text_model(spec: str, device="cpu"):
-    """(model, tokenizer, image size). `spec` is "open_clip:ARCH:/path/to/weights.pt" (needs open_clip), or a
-    path to a TorchScript file whose module has encode_image, encode_text and an `image_size` attribute (tokens
-    from `byte_tokens`)."""
+    """(model, tokenizer, image size). `spec` is one of
+    - "open_clip:ARCH:/path/to/weights.pt" (needs open_clip);
+    - "python:/path/to/loader.py:FUNCTION" or "python:package.module:FUNCTION": FUNCTION(device) returns
+      (model, tokenizer, image size), for any model with encode_image and encode_text;
+    - a path to a TorchScript file whose module has encode_image, encode_text and an `image_size` attribute (tokens
+      from `byte_tokens`)."""
+    if spec.startswith("python:"):
+        return _call_loader(spec, device)
     if spec.startswith("open_clip:"):
         _, arch, path = spec.split(":", 2)
         try:
@@ -43,6 +52,37 @@ def load_image_text_model(spec: str, device="cpu"):
         if not hasattr(model, name):
             raise ValueError(f"load_image_text_model: {spec} has no {name}()")
     return model, byte_tokens, int(model.image_size)
+
+
+def _call_loader(spec: str, device):
+    where, sep, name = spec[len("python:"):].rpartition(":")
+    if not sep or not where or not name:
+        raise ValueError(f"load_image_text_model: {spec!r} is not python:FILE.py:FUNCTION or python:MODULE:FUNCTION")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"load_image_text_model: no loader file {where}")
+        stem = os.path.splitext(os.path.basename(where))[0]
+        module_spec = importlib.util.spec_from_file_location(f"interpgan_loader.{stem}", where)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    loader = getattr(module, name, None)
+    if not callable(loader):
+        raise ValueError(f"load_image_text_model: {where} has no function {name}")
+    loaded = loader(device)
+    if not (isinstance(loaded, tuple) and len(loaded) == 3):
+        raise ValueError(f"load_image_text_model: {name}(device) must return (model, tokenizer, image size), "
+                         f"not {type(loaded).__name__}")
+    model, tokenizer, size = loaded
+    for method in ("encode_image", "encode_text"):
+        if not callable(getattr(model, method, None)):
+            raise ValueError(f"load_image_text_model: the model from {name} has no {method}()")
+    if not callable(tokenizer):
+        raise ValueError(f"load_image_text_model: the tokenizer from {name} is not callable")
+    if isinstance(model, torch.nn.Module):
+        model.eval()  # as the other loaders do: no dropout while the latents are optimised
+    return model, tokenizer, int(size)
 
 
 def text_edit(G, z: torch.Tensor, model, tokens: torch.Tensor, image_size: int, steps: int = 100, lr: float = 0.05,
