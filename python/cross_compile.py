@@ -1,7 +1,8 @@
 """Compiles the extension's C++ sources for other CPUs and systems with Clang (the ziglang pip package's, which
 cross-compiles), against this torch's headers: arm64 Linux (Graviton, Grace) and arm64 macOS (Apple silicon) by
-default. Compile only: nothing is linked or run (the objects go to a temporary directory), so it shows that the code builds there, not that it is right (the
-portable build of python/other_builds.sh runs the same vector code here). Without OpenMP: Clang has no omp.h here.
+default. Compile only: nothing is linked or run (the objects go to a temporary directory), so it shows that the
+code builds there, not that it is right (the portable build of python/other_builds.sh runs the same vector code
+here). Without OpenMP: Clang has no omp.h here.
 
     python python/cross_compile.py [TARGET ...]       # pip install ziglang first; or: bash python/other_builds.sh arm64
 
@@ -25,15 +26,17 @@ DEFAULT_TARGETS = ["aarch64-linux-gnu", "aarch64-macos"]
 
 
 def sources():
-    return sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    csrc = os.path.join(ROOT, "csrc")
+    return sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
 
 
 def compile_command(target, source, obj):
     includes = [os.path.join(ROOT, "csrc")] + cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     version = torch.__version__.split("+")[0]
-    return ([sys.executable, "-m", "ziglang", "c++", "-target", target, "-std=c++20", "-O2", "-Wall", "-fno-math-errno",
-             "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", f'-DINTERPGAN_BUILT_WITH_TORCH="{version}"',
-             "-c", source, "-o", obj] + [f"-I{d}" for d in includes])
+    defines = ["-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
+               f'-DINTERPGAN_BUILT_WITH_TORCH="{version}"']
+    return ([sys.executable, "-m", "ziglang", "c++", "-target", target, "-std=c++20", "-O2", "-Wall", "-fno-math-errno"]
+            + defines + ["-c", source, "-o", obj] + [f"-I{d}" for d in includes])
 
 
 def our_diagnostics(output):
