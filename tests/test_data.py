@@ -77,6 +77,22 @@ def test_image_folder_turns_camera_photos_upright(tmp_path):
     assert img[:, :3].mean() < -0.9 and img[:, 5:].mean() > 0.9  # dark top rows, light bottom rows
 
 
+def test_image_folder_scales_16_bit_and_float_greyscale_as_8_bit(tmp_path):
+    # convert("RGB") clips these modes' values to 0..255: a 16-bit PNG came out white, a float TIFF in [0, 1] black.
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    Image.fromarray(np.rint(ramp * 255).astype(np.uint8)).save(tmp_path / "a_8bit.png")
+    Image.fromarray(np.rint(ramp * 65535).astype(np.uint16)).save(tmp_path / "b_16bit.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(tmp_path / "c_float.tiff")
+    assert Image.open(tmp_path / "b_16bit.png").mode in ("I;16", "I")
+    assert Image.open(tmp_path / "c_float.tiff").mode == "F"
+    ds = ImageFolder(str(tmp_path), size=32, cache=False)
+    assert len(ds) == 3 and ds.n_skipped == 0
+    eight_bit = ds[0]
+    assert eight_bit.min() < -0.99 and eight_bit.max() > 0.99  # the ramp spans the range
+    for i in (1, 2):
+        assert (ds[i] - eight_bit).abs().max() <= 2 / 127.5  # the same ramp, but for rounding
+
+
 def test_image_folder_threads_keep_file_order_across_chunks_and_failures(tmp_path, monkeypatch):
     # Solid colours, so each item says which file it came from; unreadable files sit inside and between chunks.
     colours = [(10 * i, 255 - 20 * i, 7 * i) for i in range(9)]

@@ -1,4 +1,4 @@
-"""Real images: any folder of JPG/PNG files, and scikit-image's bundled LFW faces."""
+"""Real images: any folder of JPG/PNG/BMP/WebP/TIFF files, and scikit-image's bundled LFW faces."""
 import hashlib
 import json
 import os
@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from .._atomic import atomic_path, atomic_write_json
 from .._progress import progress_bar
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -21,10 +21,28 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images
 
 
+# Greyscale modes whose values convert("RGB") clips to 0..255 instead of scaling: a 16-bit PNG came out white, a
+# float TIFF in [0, 1] black.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _as_rgb(img: Image.Image) -> Image.Image:
+    if img.mode not in _WIDE_GREY_MODES:
+        return img.convert("RGB")
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    top = values.max(initial=0.0)
+    if img.mode == "F":
+        full = 1.0 if top <= 1.0 else 255.0  # floats in [0, 1], else already in 8-bit units
+    else:
+        full = 65535.0 if top <= 65535 else top  # 16 bits (I holds them in older Pillow), else the image's range
+    grey = np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
 def _to_uint8(img: Image.Image, size: int) -> torch.Tensor:
     """Upright (a camera's EXIF orientation applied), centre cropped to a square and resized to size x size:
     uint8 [3, size, size]."""
-    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = _as_rgb(ImageOps.exif_transpose(img))
     w, h = img.size
     side = min(w, h)
     img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
@@ -59,8 +77,9 @@ def default_cache_dir():
 def _cache_key(path: str, size: int, files) -> str:
     """Names the decoded array of exactly these files at this size: a file added, removed, rewritten or touched
     gives another key, so a stale cache is never read."""
-    # the version names the decoding: v2 applies the EXIF orientation, so a v1 entry is not read as a v2 one
-    h = hashlib.sha256(f"interpgan-image-folder-v2|{os.path.realpath(path)}|{size}".encode())
+    # the version names the decoding, so an older entry is not read as a newer one: v2 applies the EXIF orientation,
+    # v3 scales 16-bit and float greyscale
+    h = hashlib.sha256(f"interpgan-image-folder-v3|{os.path.realpath(path)}|{size}".encode())
     for fn in files:
         st = os.stat(fn)
         h.update(f"|{os.path.relpath(fn, path)}|{st.st_size}|{st.st_mtime_ns}".encode())
