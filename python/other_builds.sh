@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source python/build_copy.sh
 VARIANTS=${*:-portable gcc11 arm64}
+PASSED="" SKIPPED=""
 OP_TESTS=(tests/test_group_energy.py tests/test_langevin_step.py tests/test_backend.py)
 
 # test_copy DIR LABEL: the op tests against the copy built in DIR, and its seeded Langevin noise against this
@@ -47,6 +48,7 @@ assert code.startswith('portable'), f'the copy runs {code}, not the portable cod
     gcc11)
       if ! command -v g++-11 > /dev/null; then
         echo "== gcc11: skipped, g++-11 is not installed (Debian/Ubuntu: apt-get install g++-11)"
+        SKIPPED+=" gcc11"
         continue
       fi
       echo "== g++-11 (log: build/gcc11-cpu/build.log)"
@@ -57,11 +59,13 @@ assert code.startswith('portable'), f'the copy runs {code}, not the portable cod
     arm64)
       if ! python -c "import ziglang" 2> /dev/null; then
         echo "== arm64: skipped, the ziglang package (Clang for cross-compiling) is not installed (pip install ziglang)"
+        SKIPPED+=" arm64"
         continue
       fi
       python python/cross_compile.py aarch64-linux-gnu aarch64-macos
       ;;
     *) echo "unknown variant: $variant (portable, gcc11, arm64)" >&2; exit 2 ;;
   esac
+  PASSED+=" $variant"
 done
-echo "other_builds: $VARIANTS passed"
+echo "other_builds: passed:${PASSED:- none}; skipped:${SKIPPED:- none}"
