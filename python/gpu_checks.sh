@@ -10,6 +10,9 @@ OUT=${OUT:-bench/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+# A build that fails stops here, with its error: setup.py would otherwise fall back to the CPU kernels (or none)
+# and the GPU minutes would go to the reference ops.
+export INTERPGAN_FORCE_CUDA=1 INTERPGAN_REQUIRE_EXT=1
 BUDGET_S=${BUDGET_S:-540}
 left() { local s=$((BUDGET_S - SECONDS)); echo $((s > 5 ? s : 5)); }  # seconds a step may still take
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"

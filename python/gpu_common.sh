@@ -4,6 +4,7 @@
 set -uo pipefail
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export INTERPGAN_FORCE_CUDA=1 INTERPGAN_REQUIRE_EXT=1  # a failed build stops here: no silent CPU fallback
 python3 -m pip install --no-build-isolation --no-deps -e . > /tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head; exit 1; }
 
 # train_pair STEPS TIME_LIMIT_PER_RUN: copies each run's log and config to $OUT/{interp,baseline}_*.
