@@ -16,6 +16,7 @@ export INTERPGAN_FORCE_CUDA=1 INTERPGAN_REQUIRE_EXT=1
 BUDGET_S=${BUDGET_S:-540}
 left() { local s=$((BUDGET_S - SECONDS)); echo $((s > 5 ? s : 5)); }  # seconds a step may still take
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+{ c++ --version | head -1; nvcc --version | tail -2 | head -1; } 2>&1 | tee -a "$OUT/gpu.txt"  # the compilers of the build
 timeout "$(left)" python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -30; exit 1; }
 python3 -c "import interpgan_ext as ig; print(ig.info())" | tee -a "$OUT/build.log"
 timeout "$(left)" python3 -m pytest -q -m cuda tests/ 2>&1 | tail -15 | tee "$OUT/pytest_cuda.log"
