@@ -4,9 +4,9 @@ model finds G(z) closer to a text, with an L2 leash to the starting latent.
 The image-text model is pluggable: any object with `encode_image(images) -> [B, D]` and
 `encode_text(tokens) -> [T, D]`, plus a tokenizer (str list -> tokens). `load_image_text_model` loads
 open_clip with the user's local weights, a loader function of the user's (any model: Hugging Face's CLIP, say), or a
-TorchScript file of such a model (torch 2.15 deprecates TorchScript). Weights cannot be downloaded here, so the tests
-use small, randomly initialised models: they check the loading paths and that the optimisation lowers the text
-loss, not that the edits mean anything.
+TorchScript file of such a model (torch 2.14+ warns that TorchScript is deprecated). Weights cannot be downloaded
+here, so the tests use small, randomly initialised models: they check the loading paths and that the optimisation
+lowers the text loss, not that the edits mean anything.
 """
 import importlib
 import importlib.util
