@@ -17,15 +17,18 @@ build_copy() {
     python setup.py build_ext --inplace > build.log 2>&1) || { tail -30 "$dir/build.log"; return 1; }
 }
 
-# check_copy_loads LABEL: in the copy's directory, with PYTHONPATH=$PWD, its extension is the one imported.
+# check_copy_loads LABEL [VECTOR_CODE]: in the copy's directory, with PYTHONPATH=$PWD, its extension is the one
+# imported, and its CPU vector code (interpgan_ext.info()["ext_cpu_vector_code"]) starts with VECTOR_CODE if given.
 check_copy_loads() {
-  LABEL=$1 python - <<'PYEOF'
+  LABEL=$1 VECTOR_CODE=${2:-} python - <<'PYEOF'
 import os
 import interpgan_ext as ig
 from interpgan_ext import _backend
 assert _backend.has_extension(), f"the copy's extension did not load: {_backend.unavailable_reason}"
 so = os.path.realpath(_backend._C.__file__)
 assert so.startswith(os.getcwd()), f"loaded {so}, not the build in {os.getcwd()}"
-print(f"{os.environ['LABEL']}: testing {so} ({ig.info().get('ext_cpu_vector_code')})")
+code = ig.info().get("ext_cpu_vector_code")
+assert code.startswith(os.environ["VECTOR_CODE"]), f"the copy runs {code}, not {os.environ['VECTOR_CODE']} code"
+print(f"{os.environ['LABEL']}: testing {so} ({code})")
 PYEOF
 }

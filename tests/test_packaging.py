@@ -135,15 +135,16 @@ def test_a_cuda_compile_error_falls_back_to_the_cpu_kernels_and_says_why(tmp_pat
     assert agrees == "True"
 
 
-def _setup_module():
-    spec = importlib.util.spec_from_file_location("interpgan_setup", os.path.join(ROOT, "setup.py"))
+def _module_from(path, name):
+    """A script of the repository as a module: not __main__, so it defines its helpers and runs nothing."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not __main__: defines the helpers, builds nothing
+    spec.loader.exec_module(module)
     return module
 
 
 def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refused(tmp_path):
-    setup_py = _setup_module()
+    setup_py = _module_from("setup.py", "interpgan_setup")
     site_packages, build_env = tmp_path / "site-packages", tmp_path / "pip-build-env" / "overlay"
     (site_packages / "torch-2.14.1.dist-info").mkdir(parents=True)
     (site_packages / "torch-2.14.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.14.1\n")
@@ -159,15 +160,8 @@ def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refus
     assert setup_py.isolated_torch_mismatch(isolated_torch, "2.15.0", str(tmp_path / "empty")) is None
 
 
-def _cross_compile_module():
-    spec = importlib.util.spec_from_file_location("cross_compile", os.path.join(ROOT, "python", "cross_compile.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_cross_compile_check_keeps_our_warnings_and_every_error():
-    cross = _cross_compile_module()
+    cross = _module_from(os.path.join("python", "cross_compile.py"), "cross_compile")
     ours = os.path.join(ROOT, "csrc", "cpu", "simd.h")
     output = "\n".join([
         f"{ours}:73:3: warning: passing 4-byte aligned argument to 16-byte aligned parameter [-Walign-mismatch]",
@@ -184,7 +178,7 @@ def test_the_cross_compile_check_keeps_our_warnings_and_every_error():
 @pytest.mark.skipif(importlib.util.find_spec("ziglang") is None,
                     reason="the ziglang package (Clang that cross-compiles) is not installed")
 def test_the_cross_compile_check_compiles_for_the_target_and_fails_what_does_not_build(tmp_path, monkeypatch, capsys):
-    cross = _cross_compile_module()
+    cross = _module_from(os.path.join("python", "cross_compile.py"), "cross_compile")
     monkeypatch.chdir(tmp_path)
     for name, pointer_bytes, want in (("lp64.cpp", 8, 0), ("ilp32.cpp", 4, 1)):  # arm64 has 8-byte pointers
         source = tmp_path / name
