@@ -7,7 +7,8 @@ Environment switches:
     INTERPGAN_FORCE_CUDA=1    fail, instead of falling back to CPU-only, when CUDA cannot be built (no nvcc,
                               a CPU build of torch, or a compile or link error in the CUDA kernels)
     INTERPGAN_SKIP_EXT=1      build no extension at all (pure-PyTorch reference backend)
-    INTERPGAN_REQUIRE_EXT=1   fail, instead of installing without compiled ops, when the C++ build fails
+    INTERPGAN_REQUIRE_EXT=1   fail, instead of installing without compiled ops (or building without OpenMP), when
+                              the C++ build fails
     INTERPGAN_ALLOW_TORCH_MISMATCH=1  build in pip's isolated environment even when its torch is not the one
                               installed here (pip wheel for another environment; see isolated_torch_mismatch)
     TORCH_CUDA_ARCH_LIST      e.g. "8.0;9.0" (default: the visible GPU, else a common list)
@@ -16,6 +17,7 @@ Environment switches:
 """
 import glob
 import os
+import re
 import shutil
 import site
 import sys
@@ -96,16 +98,126 @@ def cuda_arch_note():
     return DEFAULT_ARCHS
 
 
-def openmp_flags(torch):
-    """-fopenmp where torch's own thread pool is OpenMP (Linux wheels). at::parallel_for is a header
-    template: compiled without it, _OPENMP is undefined and every parallel_for in the extension runs on
-    one thread, silently. The runtime is torch's: its libgomp.so.1 is loaded first, and the soname matches."""
+def openmp_flags(torch, platform=sys.platform, probe=None):
+    """(compile flags, link flags, why not) for OpenMP where torch's own thread pool is OpenMP (its Linux and macOS
+    wheels). at::parallel_for is a header template: compiled without OpenMP, _OPENMP is undefined and every
+    parallel_for in the extension runs on one thread. The runtime must be torch's, or the kernels would run on a
+    second thread pool that torch.set_num_threads does not reach.
+
+    - Linux: -fopenmp. GCC's libgomp.so.1 has the soname of the libgomp torch loads first, so that one is used.
+    - macOS: Apple's Clang has no -fopenmp driver flag, and torch's libomp.dylib (with its omp.h in torch/include)
+      is the runtime. Each way of building against it below is tried on a probe module (openmp_probe), and the
+      first whose parallel regions follow torch.set_num_threads is used; if none does, the build has no OpenMP.
+    """
     if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
-        return []
-    if sys.platform == "darwin" or os.name == "nt":  # Apple clang has no -fopenmp; MSVC would need /openmp
-        print("interpgan_ext: building without OpenMP: CPU kernels run on one thread", file=sys.stderr)
-        return []
-    return ["-fopenmp"]
+        return [], [], None
+    if os.name == "nt" or platform == "win32":  # MSVC would need /openmp, and cannot build the kernels anyway
+        return [], [], "Windows builds have no OpenMP"
+    if platform != "darwin":
+        return ["-fopenmp"], ["-fopenmp"], None
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    candidates = [
+        # symbols bound at load to the libomp that torch loaded (Python links extensions -undefined dynamic_lookup)
+        (["-Xclang", "-fopenmp"], []),
+        (["-Xclang", "-fopenmp"], ["-Wl,-undefined,dynamic_lookup"]),  # a Python whose LDSHARED does not say so
+        (["-Xclang", "-fopenmp"], [f"-L{torch_lib}", "-lomp", f"-Wl,-rpath,{torch_lib}"]),  # torch's libomp by name
+        (["-fopenmp"], ["-fopenmp"]),  # GCC, or a Clang with the driver flag: kept only if its runtime is torch's
+    ]
+    probe = probe or openmp_probe
+    failures = []
+    for cflags, ldflags in candidates:
+        how = " ".join(cflags) + (f", linked with {' '.join(ldflags)}" if ldflags else "")
+        failure = probe(cflags, ldflags)
+        if failure is None:
+            print(f"interpgan_ext: OpenMP: {how}", file=sys.stderr)
+            return cflags, ldflags, None
+        failures.append(f"{how}: {failure}")
+    reason = "no way of building with torch's OpenMP worked (" + "; ".join(failures) + ")"
+    print(f"interpgan_ext: building without OpenMP, so the CPU kernels run on one thread: {reason}", file=sys.stderr)
+    return [], [], reason[:1000]
+
+
+OPENMP_PROBE_SOURCE = r"""
+#include <Python.h>
+#include <omp.h>
+#ifndef _OPENMP
+#error "these flags do not enable OpenMP"
+#endif
+static PyObject* team_size(PyObject*, PyObject*) {
+  int size = 0;
+#pragma omp parallel
+  {
+#pragma omp single
+    size = omp_get_num_threads();
+  }
+  return PyLong_FromLong(size);
+}
+static PyMethodDef methods[] = {{"team_size", team_size, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
+static PyModuleDef module = {PyModuleDef_HEAD_INIT, "interpgan_openmp_probe", nullptr, -1, methods};
+PyMODINIT_FUNC PyInit_interpgan_openmp_probe(void) { return PyModule_Create(&module); }
+"""
+
+# Imports the probe after torch, as interpgan_ext imports _C, and sizes its parallel region under two thread counts.
+OPENMP_PROBE_RUN = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("interpgan_openmp_probe", sys.argv[1])
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+sizes = []
+for n in (3, 2):
+    torch.set_num_threads(n)
+    sizes.append(probe.team_size())
+print(*sizes)
+"""
+
+
+def openmp_probe(cflags, ldflags):
+    """None if a small extension module built with these flags, as the real one is, imports after torch in a fresh
+    Python and runs its parallel regions on torch's OpenMP threads (their number follows torch.set_num_threads);
+    else what went wrong. Its commands are cpp_extension's: $CXX (default c++) with the rest of Python's compiler
+    line, then Python's link line (LDSHARED) with the C++ compiler in front, as distutils links C++."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    from distutils.ccompiler import new_compiler  # setuptools' copy, which setup.py's import of setuptools installed
+    from distutils.sysconfig import customize_compiler
+    from torch.utils import cpp_extension
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    with tempfile.TemporaryDirectory() as tmp:
+        source, obj = os.path.join(tmp, "interpgan_openmp_probe.cpp"), os.path.join(tmp, "interpgan_openmp_probe.o")
+        module = os.path.join(tmp, "interpgan_openmp_probe" + sysconfig.get_config_var("EXT_SUFFIX"))
+        with open(source, "w") as fh:
+            fh.write(OPENMP_PROBE_SOURCE)
+        includes = [f"-I{d}" for d in cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]]
+        commands = [
+            shlex.split(cpp_extension.get_cxx_compiler()) + compiler.compiler_so[1:] + includes
+            + ["-c", source, "-o", obj] + cflags,
+            compiler.compiler_cxx[:1] + compiler.linker_so[1:] + [obj, "-o", module] + ldflags,
+        ]
+        for command in commands:
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return f"does not build ({exc})"
+            if done.returncode != 0:  # the compiler's or linker's first complaint (not collect2's summary)
+                lines = (done.stdout + done.stderr).strip().splitlines() or [f"exit code {done.returncode}"]
+                said = [ln for ln in lines if re.search("error|cannot find|undefined", ln) and "collect2" not in ln]
+                return f"does not build ({(said or lines)[0].strip()[:200]})"
+        try:
+            run = subprocess.run([sys.executable, "-c", OPENMP_PROBE_RUN, module], capture_output=True, text=True,
+                                 timeout=300)
+        except subprocess.TimeoutExpired:
+            return "its probe did not finish in 300 s"
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or [f"exit code {run.returncode}"])[-1]
+            return f"does not load after torch ({last[:200]})"
+        if run.stdout.split() != ["3", "2"]:
+            return (f"its parallel regions ran {run.stdout.strip()} threads where torch set 3 then 2: "
+                    "its OpenMP runtime is not torch's")
+    return None
 
 
 def build_extensions():
@@ -134,11 +246,13 @@ def build_extensions():
 
     torch_version = torch.__version__.split("+")[0]
     define_macros = [("INTERPGAN_BUILT_WITH_TORCH", f'"{torch_version}"')]
-    omp = openmp_flags(torch)
+    omp_cflags, omp_ldflags, no_openmp_because = openmp_flags(torch)
+    if no_openmp_because:
+        define_macros.append(("INTERPGAN_NO_OPENMP_BECAUSE", c_string(no_openmp_because)))
     # -fno-math-errno (as torch builds itself): sqrt on vectors becomes one instruction (csrc/cpu/normal_noise.h).
     # -Wno-psabi: GCC's notes that passing a vector argument changed ABI in GCC 4.6 (the functions that take vectors
     # are all inlined: csrc/cpu/simd.h); its diagnostic pragma does not silence them.
-    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"] + omp  # the C++ standard is the one cpp_extension picks
+    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"] + omp_cflags  # the C++ standard is the one cpp_extension picks
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs = []
@@ -156,7 +270,7 @@ def build_extensions():
             library_dirs=library_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-            extra_link_args=omp,
+            extra_link_args=omp_ldflags,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -165,8 +279,9 @@ def build_extensions():
             include_dirs=include_dirs,
             define_macros=define_macros + [("INTERPGAN_NO_CUDA_BECAUSE", c_string(reason))],
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=omp,
+            extra_link_args=omp_ldflags,
         )
+    ext.openmp_flags = (omp_cflags, omp_ldflags)  # what with_fallbacks drops if the build fails with them
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": with_fallbacks(build_ext)}
 
@@ -180,9 +295,11 @@ def with_fallbacks(build_ext):
 
     - The CUDA kernels fail to compile or link (a toolkit that does not fit torch's CUDA): the CPU kernels are built
       alone. At import, a GPU user is told that CUDA tensors run the reference ops, and why (interpgan_ext.info()).
+    - The build with OpenMP fails (a Clang without its OpenMP runtime): the kernels are built without it, and run on
+      one thread, with a warning at import.
     - The C++ build fails too (no working compiler): the package installs without compiled ops, and runs its
       pure-PyTorch reference, with a warning at import.
-    INTERPGAN_FORCE_CUDA=1 makes the first an error, INTERPGAN_REQUIRE_EXT=1 the second (CI sets both).
+    INTERPGAN_FORCE_CUDA=1 makes the first an error, INTERPGAN_REQUIRE_EXT=1 the others (CI sets both).
     """
 
     class BuildExtWithFallbacks(build_ext):
@@ -191,7 +308,8 @@ def with_fallbacks(build_ext):
             # from the unwrapped methods and the flags as given
             unwrapped = dict(vars(self.compiler))
             ext = self.extensions[0]
-            cxx_flags = list(ext.extra_compile_args["cxx"])
+            given = {lang: list(flags) for lang, flags in ext.extra_compile_args.items()}
+            lenient = not (env_flag("INTERPGAN_REQUIRE_EXT") or env_flag("INTERPGAN_FORCE_CUDA"))
             while True:
                 try:
                     return super().build_extensions()
@@ -201,8 +319,13 @@ def with_fallbacks(build_ext):
                         reason = f"the CUDA build failed ({what}); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
                         banner(reason, "Building the CPU kernels alone: on a GPU the ops will run their pure-PyTorch "
                                        "reference.")
-                        drop_cuda(ext, cxx_flags, reason)
-                    elif not (env_flag("INTERPGAN_REQUIRE_EXT") or env_flag("INTERPGAN_FORCE_CUDA")):
+                        drop_cuda(ext, given, reason)
+                    elif ext.openmp_flags[0] and lenient:
+                        reason = f"the build with OpenMP failed ({what}); rebuild with INTERPGAN_REQUIRE_EXT=1 to stop " \
+                                 "at its error"
+                        banner(reason, "Building without OpenMP: the CPU kernels will run on one thread.")
+                        drop_openmp(ext, given, reason)
+                    elif lenient:
                         banner(f"the C++ build failed ({what}); rebuild with INTERPGAN_REQUIRE_EXT=1 to stop at its "
                                "error", "Installing without compiled ops: the package runs its pure-PyTorch reference "
                                         "ops (slower), and says so when imported.")
@@ -212,6 +335,7 @@ def with_fallbacks(build_ext):
                         raise
                     vars(self.compiler).clear()
                     vars(self.compiler).update(unwrapped)
+                    ext.extra_compile_args = {lang: list(flags) for lang, flags in given.items()}
 
     return BuildExtWithFallbacks
 
@@ -221,13 +345,22 @@ def banner(reason, consequence):
     print(f"\n{rule}\ninterpgan_ext: {reason}.\n{consequence}\n{rule}", file=sys.stderr)
 
 
-def drop_cuda(ext, cxx_flags, reason):
-    """Turns the CUDAExtension into the CppExtension of the same sources, in place."""
+def drop_openmp(ext, given, reason):
+    """Takes the OpenMP flags out of the extension and of its compile flags as given, in place."""
+    cflags, ldflags = ext.openmp_flags
+    given["cxx"] = [flag for flag in given["cxx"] if flag not in cflags]
+    ext.extra_link_args = [flag for flag in ext.extra_link_args if flag not in ldflags]
+    ext.define_macros.append(("INTERPGAN_NO_OPENMP_BECAUSE", c_string(reason)))
+    ext.openmp_flags = ([], [])
+
+
+def drop_cuda(ext, given, reason):
+    """Turns the CUDAExtension into the CppExtension of the same sources, in place (given: its compile flags)."""
     ext.sources = [src for src in ext.sources if not src.endswith(".cu")]
     ext.define_macros = [m for m in ext.define_macros if m[0] not in ("INTERPGAN_WITH_CUDA", "INTERPGAN_CUDA_ARCHS")]
     ext.define_macros.append(("INTERPGAN_NO_CUDA_BECAUSE", c_string(reason)))
     ext.libraries = [lib for lib in ext.libraries if lib not in ("cudart", "c10_cuda", "torch_cuda")]
-    ext.extra_compile_args = {"cxx": cxx_flags}
+    given.pop("nvcc", None)
 
 
 def main():

@@ -1,6 +1,10 @@
 // The Python module interpgan_ext._C: importing it registers the ops (ops.cpp); it also reports how it was built.
 #include <torch/extension.h>
 
+#include <mutex>
+#include <set>
+#include <thread>
+
 #include "cpu/buffer_cache.h"
 #include "cpu/simd.h"
 
@@ -14,6 +18,10 @@
 #endif
 #ifndef INTERPGAN_NO_CUDA_BECAUSE
 #define INTERPGAN_NO_CUDA_BECAUSE "built without INTERPGAN_WITH_CUDA"
+#endif
+// INTERPGAN_NO_OPENMP_BECAUSE: why a build where torch's thread pool is OpenMP has no OpenMP (setup.py's probe).
+#ifndef INTERPGAN_NO_OPENMP_BECAUSE
+#define INTERPGAN_NO_OPENMP_BECAUSE "built without OpenMP"
 #endif
 #ifndef INTERPGAN_BUILT_WITH_TORCH
 #define INTERPGAN_BUILT_WITH_TORCH ""
@@ -41,7 +49,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("cpu_parallel") = "OpenMP";
 #else
   m.attr("cpu_parallel") = py::none();
+  m.attr("no_openmp_because") = std::string(INTERPGAN_NO_OPENMP_BECAUSE);
 #endif
+  m.def(
+      "cpu_parallel_threads",
+      [] {
+        // Which threads run the chunks of a parallel_for as the kernels run it: torch's, if the extension's OpenMP
+        // runtime is torch's; a pool of its own (not following torch.set_num_threads) if it is another; one if none.
+        std::mutex mutex;
+        std::set<std::thread::id> threads;
+        at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+          std::lock_guard<std::mutex> lock(mutex);
+          threads.insert(std::this_thread::get_id());
+        });
+        return threads.size();
+      },
+      "The number of threads that run an at::parallel_for of the CPU kernels (each gets a chunk of its 1024 items).");
   m.attr("cpu_vector_code") = interpgan::simd::vector_code();
   m.def(
       "cpu_cache_stats",

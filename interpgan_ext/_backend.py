@@ -92,11 +92,22 @@ def serial_cpu_kernels():
         return None
     if not torch_uses_openmp():
         return None
+    because = getattr(_C, "no_openmp_because", None)  # setup.py's reason; builds before 2026-12-07 lack it
     return (
         "interpgan_ext was compiled without OpenMP, so its CPU kernels run on one thread instead of "
-        f"{torch.get_num_threads()}; rebuild it with a compiler that supports -fopenmp: "
-        "pip install --no-build-isolation --force-reinstall --no-deps ."
+        f"{torch.get_num_threads()}{f' ({because})' if because else ''}; rebuild it with a compiler that supports "
+        "OpenMP: pip install --no-build-isolation --force-reinstall --no-deps ."
     )
+
+
+def cpu_threads_note():
+    """How many threads the CPU kernels' parallel loops run on, beside torch's number: they differ where the
+    extension's OpenMP runtime is not torch's (a Clang build on Linux, say), which torch.set_num_threads then misses."""
+    threads, torch_threads = _C.cpu_parallel_threads(), torch.get_num_threads()
+    note = f"{threads} (torch: {torch_threads})"
+    if threads != torch_threads and torch_uses_openmp() and getattr(_C, "cpu_parallel", None):
+        note += ": the extension's OpenMP runtime is not torch's, so torch.set_num_threads does not set its threads"
+    return note
 
 
 _mismatch = "; ".join(m for m in (cuda_version_mismatch(), serial_cpu_kernels()) if m)
@@ -180,6 +191,10 @@ def info() -> BuildInfo:
     if _C is not None:
         out["ext_built_with_torch"] = _C.torch_version
         out["ext_cpu_parallel"] = getattr(_C, "cpu_parallel", None) or "none: one thread"
+        if getattr(_C, "no_openmp_because", None) and torch_uses_openmp():
+            out["ext_no_openmp_because"] = _C.no_openmp_because
+        if hasattr(_C, "cpu_parallel_threads"):  # builds before 2026-12-07 lack it
+            out["ext_cpu_threads"] = cpu_threads_note()
         if hasattr(_C, "cpu_vector_code"):  # builds before 2026-12-07 lack it
             out["ext_cpu_vector_code"] = _C.cpu_vector_code  # avx2 / sse2 (x86-64), portable (arm64, ...)
         if hasattr(_C, "cpu_cache_stats"):  # builds before the cache lack it

@@ -2,9 +2,11 @@
 cross-compiles), against this torch's headers: arm64 Linux (Graviton, Grace) and arm64 macOS (Apple silicon) by
 default. Compile only: nothing is linked or run (the objects go to a temporary directory), so it shows that the
 code builds there, not that it is right (the portable build of python/other_builds.sh runs the same vector code
-here). Without OpenMP: Clang has no omp.h here.
+here). Without OpenMP unless given an omp.h: Clang has none here.
 
     python python/cross_compile.py [TARGET ...]       # pip install ziglang first; or: bash python/other_builds.sh arm64
+    python python/cross_compile.py aarch64-macos --openmp-include DIR   # DIR/omp.h: e.g. a macOS torch wheel's
+                                                                         # torch/include; OpenMP as setup.py's on a Mac
 
 A warning in csrc/ fails it as an error does; warnings in torch's headers are not ours and are left out.
 """
@@ -30,13 +32,15 @@ def sources():
     return sorted(glob.glob(os.path.join(csrc, "*.cpp")) + glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
 
 
-def compile_command(target, source, obj):
+def compile_command(target, source, obj, openmp_include=None):
     includes = [os.path.join(ROOT, "csrc")] + cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]
     version = torch.__version__.split("+")[0]
     defines = ["-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H",
                f'-DINTERPGAN_BUILT_WITH_TORCH="{version}"']
+    # OpenMP as setup.py's first choice on macOS builds it (Apple's Clang has no -fopenmp driver flag)
+    openmp = ["-Xclang", "-fopenmp", "-isystem", openmp_include] if openmp_include else []
     return ([sys.executable, "-m", "ziglang", "c++", "-target", target, "-std=c++20", "-O2", "-Wall", "-fno-math-errno"]
-            + defines + ["-c", source, "-o", obj] + [f"-I{d}" for d in includes])
+            + openmp + defines + ["-c", source, "-o", obj] + [f"-I{d}" for d in includes])
 
 
 def our_diagnostics(output):
@@ -50,6 +54,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", default=DEFAULT_TARGETS, help="Clang target triples")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", 2)))
+    parser.add_argument("--openmp-include", metavar="DIR", help="a folder with an omp.h: compile with OpenMP")
     args = parser.parse_args(argv)
     jobs = [(target, source) for target in args.targets for source in sources()]
     start = time.time()
@@ -58,7 +63,8 @@ def main(argv=None):
         target, source = job
         obj = os.path.join(out_dir, f"{target}-{os.path.basename(source)}.o")
         # zig's Clang writes NAME.o into the working directory when told -o /dev/null: the objects go to out_dir
-        proc = subprocess.run(compile_command(target, source, obj), capture_output=True, text=True, cwd=out_dir)
+        proc = subprocess.run(compile_command(target, source, obj, args.openmp_include), capture_output=True, text=True,
+                              cwd=out_dir)
         return job, proc.returncode, our_diagnostics(proc.stdout + proc.stderr)
 
     failed = 0

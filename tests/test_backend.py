@@ -96,6 +96,39 @@ def test_cpu_kernels_are_built_parallel_where_torch_uses_openmp():
 
 
 @pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
+def test_cpu_kernels_run_on_as_many_threads_as_torch_sets():
+    # The extension's OpenMP runtime must be torch's: a second one (a Clang build on Linux: libomp beside torch's
+    # libgomp) runs the kernels on a pool of its own size, whatever torch.set_num_threads says.
+    if ig._backend._C.cpu_parallel is None:
+        pytest.skip("built without OpenMP (test_cpu_kernels_are_built_parallel_where_torch_uses_openmp says if wrongly)")
+    if not ig._backend.torch_uses_openmp():
+        pytest.skip("torch's thread pool is not OpenMP: chunks go to whichever pool thread is free")
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):  # 3: more than this 2-core machine's default, so a pool of its own would show
+            torch.set_num_threads(n)
+            assert ig._backend._C.cpu_parallel_threads() == n
+            assert ig.info()["ext_cpu_threads"] == f"{n} (torch: {n})"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_another_openmp_runtime_than_torchs_is_reported(monkeypatch):
+    class ForeignRuntimeBuild:
+        cpu_parallel = "OpenMP"
+
+        @staticmethod
+        def cpu_parallel_threads():
+            return 16
+
+    monkeypatch.setattr(ig._backend, "_C", ForeignRuntimeBuild())
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
+    note = ig._backend.cpu_threads_note()
+    assert note.startswith("16 (torch: 4)") and "OpenMP runtime is not torch's" in note
+
+
+@pytest.mark.skipif(not ig._backend.has_extension(), reason="the compiled extension is not built")
 def test_the_build_reports_the_vector_code_it_runs():
     code = ig.info()["ext_cpu_vector_code"]
     assert code == ig._backend._C.cpu_vector_code and code.split()[0] in ("avx2", "sse2", "portable")
@@ -115,13 +148,15 @@ def test_the_build_reports_the_vector_code_it_runs():
 def test_a_serial_build_is_reported(monkeypatch):
     class SerialBuild:
         cpu_parallel = None
+        no_openmp_because = "no way of building with torch's OpenMP worked (-Xclang -fopenmp: does not build)"
         with_cuda = False
 
     monkeypatch.setattr(ig._backend, "_C", SerialBuild())
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: OpenMP\n")
     message = ig._backend.serial_cpu_kernels()
-    assert message is not None and "one thread instead of 4" in message and "-fopenmp" in message
+    assert message is not None and "one thread instead of 4" in message and SerialBuild.no_openmp_because in message
+    assert "rebuild it with a compiler that supports OpenMP" in message
     monkeypatch.setattr(torch.__config__, "parallel_info", lambda: "ATen parallel backend: native thread pool\n")
     assert ig._backend.serial_cpu_kernels() is None
 

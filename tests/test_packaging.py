@@ -100,6 +100,17 @@ def test_without_a_working_compiler_the_package_installs_without_its_ops(tmp_pat
     assert not list((src / "interpgan_ext").glob("_C*"))
 
 
+def _run_in_the_copy(src, env, script):
+    """The output lines of a script run in a built copy (it imports the copy's package as ig), then whether the
+    copy's group_energy agrees with the reference ("True")."""
+    script += ("f = torch.randn(3, 5, 4, dtype=torch.float64); W = torch.randn(5, 2, 4, dtype=torch.float64)\n"
+               "q = torch.tensor([0, 1, 1, 0, 1])\n"
+               "print(torch.allclose(ig.ops.group_energy(f, W, q), ig.ops.group_energy_reference(f, W, q)))\n")
+    used = subprocess.run([sys.executable, "-c", script], cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert used.returncode == 0, used.stderr[-2000:]
+    return used.stdout.splitlines()
+
+
 def _cuda_build_possible():
     """A CUDA build of torch and an nvcc of the same major CUDA (torch refuses to build with another)."""
     import torch
@@ -123,14 +134,9 @@ def test_a_cuda_compile_error_falls_back_to_the_cpu_kernels_and_says_why(tmp_pat
     assert forced.returncode != 0 and "a deliberate compile error" in forced.stdout + forced.stderr
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "the CUDA build failed (Error compiling objects" in done.stderr and "INTERPGAN_FORCE_CUDA=1" in done.stderr
-    probe = ("import torch, interpgan_ext as ig; i = ig.info(); print(i['extension'], i['ext_cuda_kernels']);"
-             "print(i['ext_no_cuda_because']);"
-             "f = torch.randn(3, 5, 4, dtype=torch.float64); W = torch.randn(5, 2, 4, dtype=torch.float64);"
-             "q = torch.tensor([0, 1, 1, 0, 1]);"
-             "print(torch.allclose(ig.ops.group_energy(f, W, q), ig.ops.group_energy_reference(f, W, q)))")
-    used = subprocess.run([sys.executable, "-c", probe], cwd=src, env=env, capture_output=True, text=True, timeout=300)
-    assert used.returncode == 0, used.stderr[-2000:]
-    loaded, reason, agrees = used.stdout.splitlines()
+    loaded, reason, agrees = _run_in_the_copy(src, env, "import torch, interpgan_ext as ig; i = ig.info()\n"
+                                                        "print(i['extension'], i['ext_cuda_kernels'])\n"
+                                                        "print(i['ext_no_cuda_because'])\n")
     assert loaded == "loaded False" and "CUDA build failed" in reason and "INTERPGAN_FORCE_CUDA=1" in reason
     assert agrees == "True"
 
@@ -141,6 +147,84 @@ def _module_from(path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _needs_openmp_torch_and_a_compiler():
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+        pytest.skip("torch's thread pool is not OpenMP")
+    if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None:
+        pytest.skip("no C++ compiler")
+
+
+@pytest.mark.slow
+def test_the_openmp_probe_keeps_only_flags_whose_parallel_regions_run_on_torchs_threads(tmp_path):
+    # What setup.py relies on where it cannot know the right flags (macOS): build a module, load it after torch, and
+    # see whether its parallel regions follow torch.set_num_threads.
+    _needs_openmp_torch_and_a_compiler()
+    setup_py = _module_from("setup.py", "interpgan_setup")
+    assert setup_py.openmp_probe(["-fopenmp"], ["-fopenmp"]) is None
+    assert "these flags do not enable OpenMP" in setup_py.openmp_probe([], [])
+    assert "no_such_library" in setup_py.openmp_probe(["-fopenmp"], ["-lno_such_library"])
+    # A runtime that is not torch's: the probe's omp_get_num_threads bound to a definition of its own.
+    (tmp_path / "own_omp.c").write_text('__attribute__((visibility("hidden"))) int omp_get_num_threads(void) '
+                                        "{ return 7; }\n")
+    subprocess.run(["cc", "-fPIC", "-c", str(tmp_path / "own_omp.c"), "-o", str(tmp_path / "own_omp.o")], check=True)
+    failure = setup_py.openmp_probe(["-fopenmp"], [str(tmp_path / "own_omp.o"), "-fopenmp"])
+    assert failure is not None and "ran 7 7 threads" in failure and "not torch's" in failure
+
+
+@pytest.mark.slow
+def test_macos_openmp_flags_are_the_first_that_the_probe_accepts(capsys):
+    _needs_openmp_torch_and_a_compiler()
+    import torch
+
+    setup_py = _module_from("setup.py", "interpgan_setup")
+    # With the real probe here (GCC): Apple Clang's -Xclang -fopenmp does not build, GCC's -fopenmp runs on torch's
+    # libgomp. On a Mac, Apple's Clang would take the first.
+    assert setup_py.openmp_flags(torch, platform="darwin") == (["-fopenmp"], ["-fopenmp"], None)
+    assert "OpenMP: -fopenmp, linked with -fopenmp" in capsys.readouterr().err
+    tried = []
+
+    def second_works(cflags, ldflags):
+        tried.append((cflags, ldflags))
+        return None if len(tried) == 2 else "does not load after torch (symbol not found: ___kmpc_fork_call)"
+
+    cflags, ldflags, why_not = setup_py.openmp_flags(torch, platform="darwin", probe=second_works)
+    assert (cflags, ldflags, why_not) == (["-Xclang", "-fopenmp"], ["-Wl,-undefined,dynamic_lookup"], None)
+    assert tried[0] == (["-Xclang", "-fopenmp"], [])
+    cflags, ldflags, why_not = setup_py.openmp_flags(torch, platform="darwin", probe=lambda c, l: "does not build (x)")
+    assert (cflags, ldflags) == ([], []) and why_not.count("does not build (x)") == 4
+    assert "building without OpenMP, so the CPU kernels run on one thread" in capsys.readouterr().err
+    # Linux: no probe needed (GCC's libgomp.so.1 is the one torch loads); Windows: none
+    assert setup_py.openmp_flags(torch, platform="linux", probe=lambda c, l: 1 / 0) == (["-fopenmp"], ["-fopenmp"], None)
+    assert setup_py.openmp_flags(torch, platform="win32")[:2] == ([], [])
+
+
+@pytest.mark.slow
+def test_a_compiler_without_openmp_builds_the_kernels_without_it_and_says_why(tmp_path):
+    _needs_openmp_torch_and_a_compiler()
+    src = _copy_of_the_sources(tmp_path)
+    compiler = tmp_path / "c++-without-openmp"
+    compiler.write_text("#!/bin/sh\n"
+                        'for arg in "$@"; do [ "$arg" = -fopenmp ] && { echo "error: no OpenMP in this compiler" >&2; '
+                        "exit 1; }; done\n"
+                        f'exec {shutil.which("c++")} "$@"\n')
+    compiler.chmod(0o755)
+    env = _environment(INTERPGAN_SKIP_CUDA="1", CXX=str(compiler), OMP_NUM_THREADS="2")
+    required, done = _strict_then_lenient_build(src, env, "INTERPGAN_REQUIRE_EXT", timeout=900)
+    assert required.returncode != 0 and "no OpenMP in this compiler" in required.stdout + required.stderr
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "the build with OpenMP failed" in done.stderr and "Building without OpenMP" in done.stderr
+    parallel, because, threads, warned, agrees = _run_in_the_copy(
+        src, env, "import warnings, torch; warnings.simplefilter('always')\n"
+                  "with warnings.catch_warnings(record=True) as caught:\n"
+                  "    import interpgan_ext as ig\n"
+                  "i = ig.info(); print(i['ext_cpu_parallel']); print(i['ext_no_openmp_because'])\n"
+                  "print(i['ext_cpu_threads']); print(any('one thread instead of 2' in str(w.message) for w in caught))\n")
+    assert parallel == "none: one thread" and "the build with OpenMP failed" in because
+    assert threads == "1 (torch: 2)" and warned == "True" and agrees == "True"
 
 
 def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refused(tmp_path):
