@@ -14,13 +14,14 @@ cd "$(dirname "$0")/.."
 VENV=${INTERPGAN_VENV:-.venv}
 TORCH_SPEC=${INTERPGAN_TORCH:-torch==2.14.1}
 
-# Free space the first install needs: the CUDA build of torch fills ~6 GB of venv (plus pip's unpacking),
-# the CPU build ~1.5 GB. Fail before pip does, with what to do instead of pip's "[Errno 28]".
+# Free space the first install needs: the CUDA build of torch (Linux's default wheel) fills ~6 GB of venv (plus
+# pip's unpacking), the CPU build (and macOS's wheel) ~1.5 GB. Fail before pip does, with what to do instead of pip's
+# "[Errno 28]".
 # INTERPGAN_LOW_DISK_FALLBACK=1 (set by .ci/run) takes the CPU build instead, without the CUDA kernels.
 check_disk() {
   local cpu_gb=2 cuda_gb=9 need_gb free_gb
   need_gb=$cpu_gb
-  if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then need_gb=$cuda_gb; fi
+  if [ "$TORCH_SPEC" = "torch==2.14.1" ] && [ "$(uname -s)" = Linux ]; then need_gb=$cuda_gb; fi
   free_gb=$(df -Pk "$VENV" | awk 'NR==2 {print int($4 / 1048576)}')
   if [ "$free_gb" -ge "$need_gb" ]; then return 0; fi
   if [ "${INTERPGAN_LOW_DISK_FALLBACK:-0}" = "1" ] && [ "$need_gb" = "$cuda_gb" ] && [ "$free_gb" -ge "$cpu_gb" ]; then
@@ -64,10 +65,18 @@ setup() {
 
 ctest_cpu() {
   echo "== C++ tests (CMake + ctest): the CPU kernels, and the CUDA kernels' code emulated on the CPU (ASan, TSan)"
-  local prefix
+  # A machine without CMake (a laptop) gets PyPI's into the venv; one without make builds with the venv's ninja.
+  if ! command -v cmake >/dev/null 2>&1; then
+    echo "== installing CMake (PyPI's cmake) into $VENV"
+    python -m pip install -q cmake
+  fi
+  local prefix generator=""  # a string, not an array: macOS's bash 3.2 calls an empty array unbound under set -u
+  if [ ! -f build/cmake/CMakeCache.txt ] && ! command -v make >/dev/null 2>&1; then generator="-G Ninja"; fi
   prefix=$(python -c "import torch; print(torch.utils.cmake_prefix_path)")
-  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$prefix" -DPython3_EXECUTABLE="$(command -v python)" \
-        -DCMAKE_BUILD_TYPE=Release > build/cmake.log 2>&1 || { mkdir -p build; tail -30 build/cmake.log; exit 1; }
+  # shellcheck disable=SC2086
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake $generator -DCMAKE_PREFIX_PATH="$prefix" \
+        -DPython3_EXECUTABLE="$(command -v python)" -DCMAKE_BUILD_TYPE=Release > build/cmake.log 2>&1 \
+    || { mkdir -p build; tail -30 build/cmake.log; exit 1; }
   cmake --build build/cmake -j "${MAX_JOBS:-2}" >> build/cmake.log 2>&1 || { tail -30 build/cmake.log; exit 1; }
   (cd build/cmake && ctest --output-on-failure)
 }

@@ -1,5 +1,6 @@
 """python/run.sh's disk check: a first install that cannot fit fails early with what to do, or (CI) takes the
-CPU build of torch. Runs the real script against a stub venv whose python records what pip was asked for."""
+CPU build of torch; and its test command on a machine without CMake or make. Runs the real script against a stub
+venv whose python records what pip was asked for."""
 import os
 import shutil
 import stat
@@ -21,16 +22,16 @@ STUB_PYTHON = textwrap.dedent("""\
 """)
 
 
-def run_setup(tmp_path, free_gb, **env):
+def run_setup(tmp_path, free_gb, system="Linux", **env):
     shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(STUB_PYTHON)
     (bin_dir / "python").chmod(stat.S_IRWXU)
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    # `df` as a bash function (exported to the script) reports the free space we choose
+    # `df` and `uname` as bash functions (exported to the script) report the free space and the system we choose
     script = ("df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\n/dev/x 1 1 %s 1%% /\\n' "
-              f"{int(free_gb * 1048576)}; }}; export -f df; bash python/run.sh setup")
+              f"{int(free_gb * 1048576)}; }}; uname() {{ echo {system}; }}; export -f df uname; bash python/run.sh setup")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
     full_env.update(env)
     return subprocess.run(["bash", "-c", script], cwd=tmp_path, env=full_env, capture_output=True, text=True,
@@ -53,6 +54,14 @@ def test_too_little_disk_fails_early_and_says_what_to_do(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_on_macos_the_default_torch_needs_only_the_room_of_its_cpu_wheel(tmp_path):
+    # PyPI's macOS wheel of torch==2.14.1 has no CUDA: ~1.5 GB, not Linux's ~6
+    r = run_setup(tmp_path, free_gb=3, system="Darwin")
+    assert r.returncode == 0, r.stderr
+    assert "PIP -m pip install -q torch==2.14.1" in r.stdout and "only 3 GB free" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_ci_falls_back_to_the_cpu_build_loudly(tmp_path):
     r = run_setup(tmp_path, free_gb=3, INTERPGAN_LOW_DISK_FALLBACK="1")
     assert r.returncode == 0, r.stderr
@@ -61,3 +70,47 @@ def test_ci_falls_back_to_the_cpu_build_loudly(tmp_path):
     # below what even the CPU build needs, the fallback fails like a user's install
     r = run_setup(tmp_path / "again", free_gb=1, INTERPGAN_LOW_DISK_FALLBACK="1")
     assert r.returncode == 1 and "only 1 GB free" in r.stderr
+
+
+STUB_PYTHON_FOR_TESTS = textwrap.dedent("""\
+    #!/usr/bin/env bash
+    # The test command on a machine without CMake or make: pip "installs" CMake as stub cmake and ctest that record
+    # how they were called; pytest and the extension's build pass.
+    bin_dir=$(dirname "$0")
+    case "$*" in
+      *cmake_prefix_path*) echo /stub/torch/share/cmake ;;
+      *"import torch"*) exit 1 ;;
+      *"pip install -q cmake"*)
+        echo "PIP $*"
+        printf '#!/usr/bin/env bash\\necho "CMAKE $*" >> calls.log; mkdir -p build/cmake\\n' > "$bin_dir/cmake"
+        printf '#!/usr/bin/env bash\\necho "CTEST $*" >> ../../calls.log\\n' > "$bin_dir/ctest"
+        chmod +x "$bin_dir/cmake" "$bin_dir/ctest" ;;
+      *"-m pip"*) echo "PIP $*" ;;
+    esac
+    exit 0
+""")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_test_command_installs_cmake_where_there_is_none_and_builds_with_ninja_without_make(tmp_path):
+    shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
+    bin_dir, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
+    bin_dir.mkdir(parents=True)
+    tools.mkdir()
+    (bin_dir / "python").write_text(STUB_PYTHON_FOR_TESTS)
+    (bin_dir / "python").chmod(stat.S_IRWXU)
+    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    # a PATH with the shell's tools but no cmake and no make
+    for tool in ("bash", "dirname", "ls", "head", "find", "grep", "sed", "awk", "mkdir", "tail", "cat", "chmod"):
+        os.symlink(shutil.which(tool), tools / tool)
+    script = ("df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\n/dev/x 1 1 %s 1%% /\\n' "
+              f"{20 * 1048576}; }}; export -f df; bash python/run.sh test")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
+    env["PATH"] = str(tools)
+    r = subprocess.run([shutil.which("bash"), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "installing CMake (PyPI's cmake)" in r.stdout and "PIP -m pip install -q cmake" in r.stdout
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0].startswith("CMAKE -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH=/stub/torch/share/cmake")
+    assert calls[1] == "CMAKE --build build/cmake -j 2" and calls[2] == "CTEST --output-on-failure"
