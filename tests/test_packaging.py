@@ -227,6 +227,27 @@ def test_a_compiler_without_openmp_builds_the_kernels_without_it_and_says_why(tm
     assert threads == "1 (torch: 2)" and warned == "True" and agrees == "True"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs CMake")
+def test_cmake_builds_the_cpu_kernels_against_torchs_cpu_libraries_alone(tmp_path):
+    # What CMakeLists.txt does where torch is a CUDA build and no CUDA toolkit is found (torch's own CMake config
+    # stops there): torch's CPU libraries and headers, linked directly. The C++ test of the CPU kernels must pass.
+    import torch
+
+    build = tmp_path / "build"
+    configure = subprocess.run(["cmake", "-S", ROOT, "-B", str(build), "-DINTERPGAN_TORCH_CPU_ONLY=ON",
+                                f"-DPython3_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
+                                f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                               capture_output=True, text=True, timeout=300)
+    assert configure.returncode == 0, (configure.stdout + configure.stderr)[-3000:]
+    assert "Torch_DIR" not in (build / "CMakeCache.txt").read_text()  # torch's config was not read
+    made = subprocess.run(["cmake", "--build", str(build), "--target", "test_cpu_kernels", "-j",
+                           os.environ.get("MAX_JOBS", "2")], capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, (made.stdout + made.stderr)[-3000:]
+    ran = subprocess.run([str(build / "test_cpu_kernels")], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, (ran.stdout + ran.stderr)[-3000:]
+
+
 def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refused(tmp_path):
     setup_py = _module_from("setup.py", "interpgan_setup")
     site_packages, build_env = tmp_path / "site-packages", tmp_path / "pip-build-env" / "overlay"
