@@ -174,48 +174,52 @@ print(*sizes)
 def openmp_probe(cflags, ldflags):
     """None if a small extension module built with these flags, as the real one is, imports after torch in a fresh
     Python and runs its parallel regions on torch's OpenMP threads (their number follows torch.set_num_threads);
-    else what went wrong. Its commands are cpp_extension's: $CXX (default c++) with the rest of Python's compiler
-    line, then Python's link line (LDSHARED) with the C++ compiler in front, as distutils links C++."""
+    else what went wrong. It is compiled as cpp_extension compiles ($CXX, default c++, with the rest of Python's
+    compiler line) and linked by distutils, as setuptools links the extension."""
     import shlex
     import subprocess
     import tempfile
 
     from distutils.ccompiler import new_compiler  # setuptools' copy, which setup.py's import of setuptools installed
+    from distutils.errors import DistutilsExecError
     from distutils.sysconfig import customize_compiler
     from torch.utils import cpp_extension
 
+    said = []
+
+    def run(command, **_):  # the compiler's or linker's first complaint is kept for the reason, not printed
+        done = subprocess.run([str(arg) for arg in command], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            lines = (done.stdout + done.stderr).strip().splitlines() or [f"exit code {done.returncode}"]
+            complaints = [ln for ln in lines if re.search("error|cannot find|undefined", ln) and "collect2" not in ln]
+            said.append((complaints or lines)[0].strip()[:200])
+            raise DistutilsExecError(said[-1])
+
     compiler = new_compiler()
     customize_compiler(compiler)
+    compiler.spawn = compiler.call = run  # distutils runs its commands through one or the other, by version
     with tempfile.TemporaryDirectory() as tmp:
         source, obj = os.path.join(tmp, "interpgan_openmp_probe.cpp"), os.path.join(tmp, "interpgan_openmp_probe.o")
         module = os.path.join(tmp, "interpgan_openmp_probe" + sysconfig.get_config_var("EXT_SUFFIX"))
         with open(source, "w") as fh:
             fh.write(OPENMP_PROBE_SOURCE)
         includes = [f"-I{d}" for d in cpp_extension.include_paths() + [sysconfig.get_paths()["include"]]]
-        commands = [
-            shlex.split(cpp_extension.get_cxx_compiler()) + compiler.compiler_so[1:] + includes
-            + ["-c", source, "-o", obj] + cflags,
-            compiler.compiler_cxx[:1] + compiler.linker_so[1:] + [obj, "-o", module] + ldflags,
-        ]
-        for command in commands:
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                return f"does not build ({exc})"
-            if done.returncode != 0:  # the compiler's or linker's first complaint (not collect2's summary)
-                lines = (done.stdout + done.stderr).strip().splitlines() or [f"exit code {done.returncode}"]
-                said = [ln for ln in lines if re.search("error|cannot find|undefined", ln) and "collect2" not in ln]
-                return f"does not build ({(said or lines)[0].strip()[:200]})"
         try:
-            run = subprocess.run([sys.executable, "-c", OPENMP_PROBE_RUN, module], capture_output=True, text=True,
-                                 timeout=300)
+            run(shlex.split(cpp_extension.get_cxx_compiler()) + compiler.compiler_so[1:] + includes
+                + ["-c", source, "-o", obj] + cflags)
+            compiler.link_shared_object([obj], module, extra_postargs=ldflags, target_lang="c++")
+        except Exception as exc:  # noqa: BLE001  (distutils' errors differ by version; a missing compiler is OSError)
+            return f"does not build ({said[-1] if said else exc})"
+        try:
+            loaded = subprocess.run([sys.executable, "-c", OPENMP_PROBE_RUN, module], capture_output=True, text=True,
+                                    timeout=300)
         except subprocess.TimeoutExpired:
             return "its probe did not finish in 300 s"
-        if run.returncode != 0:
-            last = (run.stderr.strip().splitlines() or [f"exit code {run.returncode}"])[-1]
+        if loaded.returncode != 0:
+            last = (loaded.stderr.strip().splitlines() or [f"exit code {loaded.returncode}"])[-1]
             return f"does not load after torch ({last[:200]})"
-        if run.stdout.split() != ["3", "2"]:
-            return (f"its parallel regions ran {run.stdout.strip()} threads where torch set 3 then 2: "
+        if loaded.stdout.split() != ["3", "2"]:
+            return (f"its parallel regions ran {loaded.stdout.strip()} threads where torch set 3 then 2: "
                     "its OpenMP runtime is not torch's")
     return None
 
