@@ -28,19 +28,72 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+SYSTEM_CUDA = "/usr/local/cuda"
 
 
 def env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def pip_cuda_homes():
+    """The CUDA 13+ pip wheels' one folder (nvidia/cu13): a toolkit once nvcc's wheels are there too
+    (PIP_NVCC_WHEELS), beside the runtime that torch brings."""
+    return [home for entry in sys.path for home in sorted(glob.glob(os.path.join(entry, "nvidia", "cu[0-9]*")))]
+
+
+PIP_NVCC_WHEELS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl")
+
+
+def pip_nvcc_specs(cuda_version):
+    """The pip wheels of an nvcc for this CUDA version where they land beside torch's runtime (CUDA 13 on: all in
+    nvidia/cu13), else [] (CUDA 12's wheels are laid out otherwise)."""
+    if int(cuda_version.split(".")[0]) < 13:
+        return []
+    return [f"{name}=={cuda_version}.*" for name in PIP_NVCC_WHEELS]
+
+
+def pip_nvcc_hint(cuda_version):
+    specs = pip_nvcc_specs(cuda_version)
+    return f"; pip install {' '.join(specs)} gives torch's CUDA its compiler" if specs else ""
+
+
+def nvcc_wheels_to_install(torch):
+    """pip_nvcc_specs where a GPU is here and no nvcc is (python/run.sh installs them: torch itself needs only the
+    driver, the CUDA kernels a compiler), else []."""
+    if env_flag("INTERPGAN_SKIP_CUDA") or torch.version.cuda is None or not torch.cuda.is_available():
+        return []
+    locate_cuda_home()
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return []
+    return pip_nvcc_specs(torch.version.cuda)
+
+
+def cudart_link_dir(cuda_home):
+    """[] where the toolkit has the libcudart.so that -lcudart links. Pip's CUDA runtime has only libcudart.so.13,
+    the name programs load: then a build folder whose libcudart.so points at it."""
+    if glob.glob(os.path.join(cuda_home, "lib*", "libcudart.so")):
+        return []
+    versioned = sorted(glob.glob(os.path.join(cuda_home, "lib*", "libcudart.so.[0-9]*")))
+    if not versioned:
+        return []
+    folder = os.path.join(ROOT, "build", "cudart-link")
+    os.makedirs(folder, exist_ok=True)
+    link = os.path.join(folder, "libcudart.so")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(versioned[0], link)
+    return [folder]
+
+
 def locate_cuda_home():
-    """CUDA_HOME must be known before torch.utils.cpp_extension is imported: it reads it once."""
+    """CUDA_HOME must be known before torch.utils.cpp_extension is imported: it reads it once. A toolkit's nvcc
+    on PATH, then /usr/local/cuda, then nvcc from pip (pip_cuda_homes)."""
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return
     nvcc = shutil.which("nvcc")
     candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
-    candidates.append("/usr/local/cuda")
+    candidates += [SYSTEM_CUDA] + pip_cuda_homes()
     for home in candidates:
         # a real toolkit root has the runtime headers next to nvcc (not, e.g., /usr/local with a shim nvcc)
         if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
@@ -239,10 +292,14 @@ def build_extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     want_cuda = not env_flag("INTERPGAN_SKIP_CUDA")
-    have_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    # cpp_extension takes /usr/local/cuda when it exists, with or without an nvcc in it
+    have_nvcc = cpp_extension.CUDA_HOME is not None and os.path.exists(
+        os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc.exe" if os.name == "nt" else "nvcc"))
+    have_cuda = torch.version.cuda is not None and have_nvcc
     reason = "INTERPGAN_SKIP_CUDA=1"
     if want_cuda and not have_cuda:
-        reason = "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA_HOME not found"
+        reason = "torch is a CPU build" if torch.version.cuda is None else "nvcc / CUDA_HOME not found" + pip_nvcc_hint(
+            torch.version.cuda)
         if env_flag("INTERPGAN_FORCE_CUDA"):
             raise RuntimeError(f"INTERPGAN_FORCE_CUDA=1 but CUDA kernels cannot be built: {reason}")
         print(f"interpgan_ext: building CPU kernels only ({reason})", file=sys.stderr)
@@ -266,7 +323,7 @@ def build_extensions():
         extra_inc, extra_lib = pip_cuda_dirs()
         # The toolkit's own headers first; the wheels only fill in what a minimal toolkit lacks.
         include_dirs += [os.path.join(cpp_extension.CUDA_HOME, "include")] + extra_inc
-        library_dirs += extra_lib
+        library_dirs += extra_lib + cudart_link_dir(cpp_extension.CUDA_HOME)
         ext = cpp_extension.CUDAExtension(
             "interpgan_ext._C",
             sources + cuda_sources,

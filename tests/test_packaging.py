@@ -248,6 +248,62 @@ def test_cmake_builds_the_cpu_kernels_against_torchs_cpu_libraries_alone(tmp_pat
     assert ran.returncode == 0, (ran.stdout + ran.stderr)[-3000:]
 
 
+def test_nvcc_from_pip_is_found_and_linked_where_there_is_no_toolkit(tmp_path, monkeypatch):
+    # A GPU machine with torch's CUDA 13 wheels but no toolkit: nvcc's wheels put it in nvidia/cu13 beside the
+    # runtime, whose libcudart.so.13 has no libcudart.so for -lcudart. (A whole CUDA build through them, by hand:
+    # bench/results/cpu/fresh_machines_2026-12-07/pip_nvcc_build.log.)
+    setup_py = _module_from("setup.py", "interpgan_setup")
+    home = tmp_path / "site-packages" / "nvidia" / "cu13"
+    for name in ("bin/nvcc", "include/cuda_runtime_api.h", "lib/libcudart.so.13"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "elsewhere"), str(tmp_path / "site-packages")])
+    monkeypatch.setattr(setup_py, "SYSTEM_CUDA", str(tmp_path / "no-toolkit"))
+    monkeypatch.setattr(setup_py.shutil, "which", lambda name: None)
+    # a copy, restored after the test: locate_cuda_home sets CUDA_HOME in it
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH")})
+    assert setup_py.pip_cuda_homes() == [str(home)]
+    setup_py.locate_cuda_home()
+    assert os.environ["CUDA_HOME"] == str(home)
+    monkeypatch.setattr(setup_py, "ROOT", str(tmp_path / "checkout"))
+    (link_dir,) = setup_py.cudart_link_dir(str(home))
+    assert os.path.realpath(os.path.join(link_dir, "libcudart.so")) == str(home / "lib" / "libcudart.so.13")
+    (home / "lib" / "libcudart.so").write_text("")  # a toolkit's own: nothing to add
+    assert setup_py.cudart_link_dir(str(home)) == []
+    # without them, the reason says which wheels to get (CUDA 13 on; CUDA 12's wheels are laid out otherwise)
+    hint = setup_py.pip_nvcc_hint("13.0")
+    assert "pip install nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.* nvidia-cuda-crt==13.0.* nvidia-cuda-cccl==13.0.*" in hint
+    assert setup_py.pip_nvcc_hint("12.8") == ""
+
+
+def test_python_run_sh_gets_nvcc_from_pip_only_for_a_gpu_without_one(tmp_path, monkeypatch):
+    import types
+
+    setup_py = _module_from("setup.py", "interpgan_setup")
+    monkeypatch.setattr(setup_py, "SYSTEM_CUDA", str(tmp_path / "no-toolkit"))
+    monkeypatch.setattr(setup_py.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if k not in ("CUDA_HOME", "CUDA_PATH", "INTERPGAN_SKIP_CUDA")})
+
+    def torch_with(cuda, gpu):
+        return types.SimpleNamespace(version=types.SimpleNamespace(cuda=cuda),
+                                     cuda=types.SimpleNamespace(is_available=lambda: gpu))
+
+    assert setup_py.nvcc_wheels_to_install(torch_with("13.0", True)) == setup_py.pip_nvcc_specs("13.0") != []
+    assert setup_py.nvcc_wheels_to_install(torch_with("13.0", False)) == []  # no GPU: the CPU kernels do
+    assert setup_py.nvcc_wheels_to_install(torch_with(None, True)) == []  # a CPU build of torch
+    assert setup_py.nvcc_wheels_to_install(torch_with("12.8", True)) == []
+    os.environ["INTERPGAN_SKIP_CUDA"] = "1"
+    assert setup_py.nvcc_wheels_to_install(torch_with("13.0", True)) == []
+    del os.environ["INTERPGAN_SKIP_CUDA"]
+    toolkit = tmp_path / "cuda"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "bin" / "nvcc").write_text("")
+    os.environ["CUDA_HOME"] = str(toolkit)
+    assert setup_py.nvcc_wheels_to_install(torch_with("13.0", True)) == []
+
+
 def test_an_isolated_build_against_another_torch_than_the_installed_one_is_refused(tmp_path):
     setup_py = _module_from("setup.py", "interpgan_setup")
     site_packages, build_env = tmp_path / "site-packages", tmp_path / "pip-build-env" / "overlay"

@@ -22,11 +22,11 @@ STUB_PYTHON = textwrap.dedent("""\
 """)
 
 
-def run_setup(tmp_path, free_gb, system="Linux", **env):
+def run_setup(tmp_path, free_gb, system="Linux", stub=STUB_PYTHON, **env):
     shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "python").write_text(STUB_PYTHON)
+    (bin_dir / "python").write_text(stub)
     (bin_dir / "python").chmod(stat.S_IRWXU)
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
     # `df` and `uname` as bash functions (exported to the script) report the free space and the system we choose
@@ -59,6 +59,18 @@ def test_on_macos_the_default_torch_needs_only_the_room_of_its_cpu_wheel(tmp_pat
     r = run_setup(tmp_path, free_gb=3, system="Darwin")
     assert r.returncode == 0, r.stderr
     assert "PIP -m pip install -q torch==2.14.1" in r.stdout and "only 3 GB free" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_a_gpu_without_a_cuda_toolkit_gets_nvcc_from_pip(tmp_path):
+    # setup.py's nvcc_wheels_to_install decides (tests/test_packaging.py); run.sh installs what it names
+    stub = STUB_PYTHON.replace('case "$*" in\n', 'case "$*" in\n  *nvcc_wheels_to_install*) echo '
+                               '"nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.*" ;;\n')
+    r = run_setup(tmp_path, free_gb=20, stub=stub)
+    assert r.returncode == 0, r.stderr
+    assert "a GPU and no CUDA toolkit: installing nvcc from pip" in r.stdout
+    assert "PIP -m pip install -q nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.*" in r.stdout
+    assert "installing nvcc" not in run_setup(tmp_path / "no-gpu", free_gb=20).stdout  # the helper printed nothing
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
