@@ -49,17 +49,18 @@ setup() {
   # torchvision (Inception-v3 for FID) must match torch: the default torch has its wheel on local disk
   if [ "$TORCH_SPEC" = "torch==2.14.1" ]; then python -m pip install -q torchvision==0.29.1; fi
   # A GPU but no CUDA toolkit (torch needs only the driver): nvcc from pip, for the CUDA kernels (setup.py's helper)
-  local nvcc_wheels
+  local nvcc_wheels rebuild=""
   nvcc_wheels=$(python -c "import importlib.util as u, torch; s = u.spec_from_file_location('interpgan_setup', 'setup.py')
 m = u.module_from_spec(s); s.loader.exec_module(m); print(' '.join(m.nvcc_wheels_to_install(torch)))" 2>/dev/null || true)
   if [ -n "$nvcc_wheels" ]; then
     echo "== a GPU and no CUDA toolkit: installing nvcc from pip ($nvcc_wheels)"
     # shellcheck disable=SC2086
     python -m pip install -q $nvcc_wheels
+    rebuild=1  # an extension built before has no CUDA kernels
   fi
   local so
   so=$(ls interpgan_ext/_C*.so 2>/dev/null | head -1 || true)
-  if [ -z "$so" ] || [ -n "$(find csrc setup.py -newer "$so" -type f 2>/dev/null | head -1)" ] \
+  if [ -n "$rebuild" ] || [ -z "$so" ] || [ -n "$(find csrc setup.py -newer "$so" -type f 2>/dev/null | head -1)" ] \
      || ! python -c "import interpgan_ext._C" 2>/dev/null; then
     echo "== building the extension (C++ and, where torch has CUDA and nvcc is found, CUDA kernels)"
     export MAX_JOBS=${MAX_JOBS:-2}

@@ -66,11 +66,16 @@ def test_a_gpu_without_a_cuda_toolkit_gets_nvcc_from_pip(tmp_path):
     # setup.py's nvcc_wheels_to_install decides (tests/test_packaging.py); run.sh installs what it names
     stub = STUB_PYTHON.replace('case "$*" in\n', 'case "$*" in\n  *nvcc_wheels_to_install*) echo '
                                '"nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.*" ;;\n')
-    r = run_setup(tmp_path, free_gb=20, stub=stub)
+    for checkout in (tmp_path / "gpu", tmp_path / "no-gpu"):  # each with an extension built before (CPU kernels)
+        (checkout / "interpgan_ext").mkdir(parents=True)
+        (checkout / "interpgan_ext" / "_C.cpython-311-x86_64-linux-gnu.so").write_text("")
+    r = run_setup(tmp_path / "gpu", free_gb=20, stub=stub)
     assert r.returncode == 0, r.stderr
     assert "a GPU and no CUDA toolkit: installing nvcc from pip" in r.stdout
     assert "PIP -m pip install -q nvidia-cuda-nvcc==13.0.* nvidia-nvvm==13.0.*" in r.stdout
-    assert "installing nvcc" not in run_setup(tmp_path / "no-gpu", free_gb=20).stdout  # the helper printed nothing
+    assert "== building the extension" in r.stdout  # again, now with its CUDA kernels
+    r = run_setup(tmp_path / "no-gpu", free_gb=20)  # the helper printed nothing: the extension stays
+    assert "installing nvcc" not in r.stdout and "== building the extension" not in r.stdout
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
