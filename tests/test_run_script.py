@@ -1,5 +1,6 @@
 """python/run.sh's disk check: a first install that cannot fit fails early with what to do, or (CI) takes the
-CPU build of torch; and its test command on a machine without CMake or make. Runs the real script against a stub
+CPU build of torch; its nvcc from pip for a GPU without a toolkit; and its test command on a machine without CMake,
+make or a C++ compiler. Runs the real script against a stub
 venv whose python records what pip was asked for."""
 import os
 import shutil
@@ -108,8 +109,9 @@ STUB_PYTHON_FOR_TESTS = textwrap.dedent("""\
 """)
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_the_test_command_installs_cmake_where_there_is_none_and_builds_with_ninja_without_make(tmp_path):
+def run_test_command(tmp_path, compiler=True, **env):
+    """python/run.sh test with a stub venv, on a PATH with the shell's tools but no cmake and no make (and, unless
+    `compiler`, no C++ compiler)."""
     shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
     bin_dir, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
     bin_dir.mkdir(parents=True)
@@ -117,17 +119,34 @@ def test_the_test_command_installs_cmake_where_there_is_none_and_builds_with_nin
     (bin_dir / "python").write_text(STUB_PYTHON_FOR_TESTS)
     (bin_dir / "python").chmod(stat.S_IRWXU)
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
-    # a PATH with the shell's tools but no cmake and no make
     for tool in ("bash", "dirname", "ls", "head", "find", "grep", "sed", "awk", "mkdir", "tail", "cat", "chmod"):
         os.symlink(shutil.which(tool), tools / tool)
+    if compiler:
+        (tools / "c++").write_text("#!/usr/bin/env bash\n")
+        (tools / "c++").chmod(stat.S_IRWXU)
     script = ("df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\n/dev/x 1 1 %s 1%% /\\n' "
               f"{20 * 1048576}; }}; export -f df; bash python/run.sh test")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
-    env["PATH"] = str(tools)
-    r = subprocess.run([shutil.which("bash"), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=60)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_") and k != "CXX"}
+    full_env.update(env, PATH=str(tools))
+    return subprocess.run([shutil.which("bash"), "-c", script], cwd=tmp_path, env=full_env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_test_command_installs_cmake_where_there_is_none_and_builds_with_ninja_without_make(tmp_path):
+    r = run_test_command(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "installing CMake (PyPI's cmake)" in r.stdout and "PIP -m pip install -q cmake" in r.stdout
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert calls[0].startswith("CMAKE -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH=/stub/torch/share/cmake")
     assert calls[1] == "CMAKE --build build/cmake -j 2" and calls[2] == "CTEST --output-on-failure"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_without_a_cpp_compiler_the_test_command_skips_the_cpp_tests_and_says_so_but_not_in_ci(tmp_path):
+    r = run_test_command(tmp_path / "laptop", compiler=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no C++ compiler: the C++ tests are skipped" in r.stdout and "installing CMake" not in r.stdout
+    # CI goes on to CMake, which fails there without a compiler (the stub cmake here does not care)
+    r = run_test_command(tmp_path / "ci", compiler=False, INTERPGAN_REQUIRE_EXT="1")
+    assert "no C++ compiler" not in r.stdout and "installing CMake" in r.stdout
