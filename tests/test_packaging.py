@@ -228,7 +228,8 @@ def test_a_compiler_without_openmp_builds_the_kernels_without_it_and_says_why(tm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs CMake")
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which(os.environ.get("CXX", "c++").split()[0]) is None,
+                    reason="needs CMake and a C++ compiler")
 def test_cmake_builds_the_cpu_kernels_against_torchs_cpu_libraries_alone(tmp_path):
     # What CMakeLists.txt does where torch is a CUDA build and no CUDA toolkit is found (torch's own CMake config
     # stops there): torch's CPU libraries and headers, linked directly. The C++ test of the CPU kernels must pass.
