@@ -349,3 +349,12 @@ def test_the_cross_compile_check_compiles_for_the_target_and_fails_what_does_not
         assert cross.main(["aarch64-linux-gnu", "--jobs", "1"]) == want
     assert "FAIL aarch64-linux-gnu" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path)) == ["ilp32.cpp", "lp64.cpp"]  # no object left behind
+    # --openmp-include: OpenMP as setup.py builds it on a Mac, against the omp.h in the given folder
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "omp.h").write_text("int omp_get_num_threads(void);\n")
+    source = tmp_path / "needs_openmp.cpp"
+    source.write_text('#ifndef _OPENMP\n#error "no OpenMP"\n#endif\n#include <omp.h>\n'
+                      "int threads() { int n = 0;\n#pragma omp parallel\n  n = omp_get_num_threads();\n  return n; }\n")
+    monkeypatch.setattr(cross, "sources", lambda: [str(source)])
+    assert cross.main(["aarch64-macos", "--jobs", "1"]) == 1
+    assert cross.main(["aarch64-macos", "--jobs", "1", "--openmp-include", str(tmp_path / "include")]) == 0
