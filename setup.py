@@ -77,8 +77,13 @@ def cudart_link_dir(cuda_home):
     versioned = sorted(glob.glob(os.path.join(cuda_home, "lib*", "libcudart.so.[0-9]*")))
     if not versioned:
         return []
-    folder = os.path.join(ROOT, "build", "cudart-link")
-    os.makedirs(folder, exist_ok=True)
+    try:
+        folder = os.path.join(ROOT, "build", "cudart-link")
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a read-only checkout
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="interpgan-cudart-link-")
     link = os.path.join(folder, "libcudart.so")
     if os.path.lexists(link):
         os.remove(link)

@@ -269,6 +269,10 @@ def test_nvcc_from_pip_is_found_and_linked_where_there_is_no_toolkit(tmp_path, m
     monkeypatch.setattr(setup_py, "ROOT", str(tmp_path / "checkout"))
     (link_dir,) = setup_py.cudart_link_dir(str(home))
     assert os.path.realpath(os.path.join(link_dir, "libcudart.so")) == str(home / "lib" / "libcudart.so.13")
+    monkeypatch.setattr(setup_py, "ROOT", "/proc/read-only-checkout")  # no build folder there: a temporary one
+    (link_dir,) = setup_py.cudart_link_dir(str(home))
+    assert os.path.realpath(os.path.join(link_dir, "libcudart.so")) == str(home / "lib" / "libcudart.so.13")
+    shutil.rmtree(link_dir)
     (home / "lib" / "libcudart.so").write_text("")  # a toolkit's own: nothing to add
     assert setup_py.cudart_link_dir(str(home)) == []
     # without them, the reason says which wheels to get (CUDA 13 on; CUDA 12's wheels are laid out otherwise)
