@@ -149,12 +149,16 @@ def _module_from(path, name):
     return module
 
 
-def _needs_openmp_torch_and_a_compiler():
-    import torch
+def _have_a_cpp_compiler():
+    return shutil.which(os.environ.get("CXX", "c++").split()[0]) is not None
 
-    if "OpenMP" not in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]:
+
+def _needs_openmp_torch_and_a_compiler():
+    from interpgan_ext._backend import torch_uses_openmp
+
+    if not torch_uses_openmp():
         pytest.skip("torch's thread pool is not OpenMP")
-    if shutil.which(os.environ.get("CXX", "c++").split()[0]) is None:
+    if not _have_a_cpp_compiler():
         pytest.skip("no C++ compiler")
 
 
@@ -228,8 +232,7 @@ def test_a_compiler_without_openmp_builds_the_kernels_without_it_and_says_why(tm
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which(os.environ.get("CXX", "c++").split()[0]) is None,
-                    reason="needs CMake and a C++ compiler")
+@pytest.mark.skipif(shutil.which("cmake") is None or not _have_a_cpp_compiler(), reason="needs CMake and a C++ compiler")
 def test_cmake_builds_the_cpu_kernels_against_torchs_cpu_libraries_alone(tmp_path):
     # What CMakeLists.txt does where torch is a CUDA build and no CUDA toolkit is found (torch's own CMake config
     # stops there): torch's CPU libraries and headers, linked directly. The C++ test of the CPU kernels must pass.
