@@ -1,7 +1,6 @@
 """python/run.sh's disk check: a first install that cannot fit fails early with what to do, or (CI) takes the
 CPU build of torch; its nvcc from pip for a GPU without a toolkit; and its test command on a machine without CMake,
-make or a C++ compiler. Runs the real script against a stub
-venv whose python records what pip was asked for."""
+make or a C++ compiler. Runs the real script against a stub venv whose python records what pip was asked for."""
 import os
 import shutil
 import stat
@@ -23,7 +22,9 @@ STUB_PYTHON = textwrap.dedent("""\
 """)
 
 
-def run_setup(tmp_path, free_gb, system="Linux", stub=STUB_PYTHON, **env):
+def run_sh(tmp_path, verb="setup", free_gb=20, system="Linux", stub=STUB_PYTHON, path=None, **env):
+    """bash python/run.sh VERB in tmp_path, with a stub venv whose python is `stub`; `path` replaces PATH (the venv's
+    bin is put before it, as activating does)."""
     shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -32,11 +33,17 @@ def run_setup(tmp_path, free_gb, system="Linux", stub=STUB_PYTHON, **env):
     (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
     # `df` and `uname` as bash functions (exported to the script) report the free space and the system we choose
     script = ("df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\n/dev/x 1 1 %s 1%% /\\n' "
-              f"{int(free_gb * 1048576)}; }}; uname() {{ echo {system}; }}; export -f df uname; bash python/run.sh setup")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_")}
+              f"{int(free_gb * 1048576)}; }}; uname() {{ echo {system}; }}; export -f df uname; bash python/run.sh {verb}")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_") and k != "CXX"}
     full_env.update(env)
-    return subprocess.run(["bash", "-c", script], cwd=tmp_path, env=full_env, capture_output=True, text=True,
-                          timeout=60)
+    if path is not None:
+        full_env["PATH"] = str(path)
+    return subprocess.run([shutil.which("bash"), "-c", script], cwd=tmp_path, env=full_env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def run_setup(tmp_path, free_gb, **kwargs):
+    return run_sh(tmp_path, "setup", free_gb, **kwargs)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -110,26 +117,16 @@ STUB_PYTHON_FOR_TESTS = textwrap.dedent("""\
 
 
 def run_test_command(tmp_path, compiler=True, **env):
-    """python/run.sh test with a stub venv, on a PATH with the shell's tools but no cmake and no make (and, unless
-    `compiler`, no C++ compiler)."""
-    shutil.copytree(os.path.join(ROOT, "python"), tmp_path / "python")
-    bin_dir, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
-    bin_dir.mkdir(parents=True)
-    tools.mkdir()
-    (bin_dir / "python").write_text(STUB_PYTHON_FOR_TESTS)
-    (bin_dir / "python").chmod(stat.S_IRWXU)
-    (bin_dir / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    """python/run.sh test with STUB_PYTHON_FOR_TESTS, on a PATH with the shell's tools but no cmake and no make (and,
+    unless `compiler`, no C++ compiler)."""
+    tools = tmp_path / "tools"
+    tools.mkdir(parents=True)
     for tool in ("bash", "dirname", "ls", "head", "find", "grep", "sed", "awk", "mkdir", "tail", "cat", "chmod"):
         os.symlink(shutil.which(tool), tools / tool)
     if compiler:
         (tools / "c++").write_text("#!/usr/bin/env bash\n")
         (tools / "c++").chmod(stat.S_IRWXU)
-    script = ("df() { printf 'Filesystem 1024-blocks Used Available Capacity Mounted\\n/dev/x 1 1 %s 1%% /\\n' "
-              f"{20 * 1048576}; }}; export -f df; bash python/run.sh test")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INTERPGAN_") and k != "CXX"}
-    full_env.update(env, PATH=str(tools))
-    return subprocess.run([shutil.which("bash"), "-c", script], cwd=tmp_path, env=full_env, capture_output=True,
-                          text=True, timeout=60)
+    return run_sh(tmp_path, "test", stub=STUB_PYTHON_FOR_TESTS, path=tools, **env)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
