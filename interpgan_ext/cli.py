@@ -43,6 +43,7 @@ _TRAIN_FLAGS = {
     "device": (str, "auto | cpu | cuda | cuda:N"),
     "data_on_device": (str, "hold the real images on the device: auto (on a GPU, when they take at most a quarter "
                             "of its free memory) | on | off"),
+    "langevin_graph": (str, "on: on a GPU, run the Langevin chain as one captured CUDA graph (fewer launches) | off"),
 }
 
 
@@ -70,8 +71,8 @@ def _init_distributed() -> bool:
 # What a new run is when these options are not given (their parser default is None: given or not is known).
 _RUN_DEFAULTS = {"data": "synth-faces", "size": 32, "arch": "dcgan", "width": 32}
 SYNTH_FACES_IMAGES = 20000
-# Where a run executes and how often it is saved, not what it trains: --resume may change these, and --steps.
-_RUNTIME_OPTIONS = ("device", "data_on_device", "ckpt_every", "ckpt_minutes")
+# Where and how a run executes and how often it is saved, not what it trains: --resume may change these, and --steps.
+_RUNTIME_OPTIONS = ("device", "data_on_device", "langevin_graph", "ckpt_every", "ckpt_minutes")
 
 
 def _n_images(args, data: str):
@@ -105,8 +106,8 @@ def _resumed_setup(args, saved: dict, given: dict) -> dict:
                 if getattr(args, k) is not None and getattr(args, k) != run[k]]
     if changed:
         sys.exit(f"interpgan train: --resume continues {args.out} as it was set up, and these options would change "
-                 f"it: {'; '.join(changed)}. Leave them out (--steps, --device, --data-on-device, --ckpt-every and "
-                 "--ckpt-minutes may change), or start a new run in another --out.")
+                 f"it: {'; '.join(changed)}. Leave them out (--steps, --device, --data-on-device, --langevin-graph, "
+                 "--ckpt-every and --ckpt-minutes may change), or start a new run in another --out.")
     return run
 
 

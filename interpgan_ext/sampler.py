@@ -1,4 +1,5 @@
 """Feature capture at a named layer, and the Langevin sampler of SPEC §4."""
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Optional
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 from .ops import langevin_step
+from .sampler_graph import CaptureFailed, GraphedChain, graphs_available
 
 
 class _StopForward(Exception):
@@ -102,12 +104,15 @@ class LangevinSampler:
     """
 
     def __init__(self, G: nn.Module, layer: str, energy, steps: int = 10, step_size: float = 0.1,
-                 prior_weight: float = 1.0, drift_clip: Optional[float] = 1.0):
+                 prior_weight: float = 1.0, drift_clip: Optional[float] = 1.0, cuda_graph: bool = False):
         if steps < 0 or step_size < 0:
             raise ValueError(f"LangevinSampler: steps and step_size must be >= 0, got {steps}, {step_size}")
         self.extractor = FeatureExtractor(G, layer)
         self.energy, self.steps, self.step_size = energy, steps, step_size
         self.prior_weight, self.drift_clip = prior_weight, drift_clip
+        # cuda_graph: on a GPU, the steps without an edit run as one captured CUDA graph (sampler_graph.py)
+        self.cuda_graph = cuda_graph
+        self._graphed = None
 
     def energy_grad(self, z: torch.Tensor, q: torch.Tensor, edit: Optional[Callable] = None):
         """(d g_W / dz, g_W) at z, from a forward of G up to the layer."""
@@ -122,6 +127,14 @@ class LangevinSampler:
         (grad,) = torch.autograd.grad(g.sum(), z, retain_graph=retain_graph)
         return grad, g.detach()
 
+    def step(self, z: torch.Tensor, q: torch.Tensor, generator: Optional[torch.Generator] = None,
+             edit: Optional[Callable] = None, first=None) -> torch.Tensor:
+        """One step on z, in place; returns g_W at z. `first`: (grad, g) at z where the caller has them."""
+        grad, g = first if first is not None else self.energy_grad(z, q, edit)
+        langevin_step(z, grad.to(z.dtype), self.step_size, self.prior_weight, self.drift_clip, generator=generator,
+                      out=z)
+        return g
+
     def sample(self, z: torch.Tensor, q: torch.Tensor, generator: Optional[torch.Generator] = None,
                edit: Optional[Callable] = None, return_energies: bool = False, first=None):
         """z after `steps` steps (a new tensor). With return_energies, also g_W at each step [T, B].
@@ -130,11 +143,28 @@ class LangevinSampler:
         forward of G); the first step then runs no forward of its own."""
         z = z.detach().clone()
         energies = []
-        for t in range(self.steps):
-            grad, g = first if t == 0 and first is not None else self.energy_grad(z, q, edit)
-            energies.append(g)
-            langevin_step(z, grad.to(z.dtype), self.step_size, self.prior_weight, self.drift_clip,
-                          generator=generator, out=z)
+        if first is not None and self.steps > 0:
+            energies.append(self.step(z, q, generator, first=first))
+        left = self.steps - len(energies)
+        if left and self.cuda_graph and edit is None and graphs_available(z):
+            z, graphed = self._run_graphed(z, q, left, generator)
+            energies += graphed
+            left = self.steps - len(energies)
+        for _ in range(left):
+            energies.append(self.step(z, q, generator, edit))
         if return_energies:
             return z, torch.stack(energies) if energies else torch.empty(0, z.shape[0])
         return z
+
+    def _run_graphed(self, z, q, n, generator):
+        """(z after n graphed steps, their energies), or (z, []) after a warning where G's forward cannot be
+        captured: the sampler then runs eagerly from there on."""
+        if self._graphed is None:
+            self._graphed = GraphedChain(self)
+        try:
+            return self._graphed.run(z, q, n, generator)
+        except CaptureFailed as e:
+            self.cuda_graph, self._graphed = False, None
+            warnings.warn(f"LangevinSampler: the Langevin chain could not be captured as a CUDA graph ({e}); it "
+                          "runs eagerly instead")
+            return z, []

@@ -98,6 +98,7 @@ class TrainConfig:
     amp: bool = False              # bf16 autocast on CUDA
     mirror: bool = False           # flip each real image left-right with probability 1/2 (random_mirror)
     data_on_device: str = "auto"   # hold the real images on the device: auto | on | off (data/resident.py)
+    langevin_graph: str = "off"    # on: on a GPU, the Langevin chain runs as one captured CUDA graph (sampler_graph.py)
     device: str = "auto"
 
     def __post_init__(self):
@@ -112,6 +113,8 @@ class TrainConfig:
         if self.data_on_device not in RESIDENT_MODES:
             raise ValueError(f"TrainConfig.data_on_device must be one of {', '.join(RESIDENT_MODES)}, "
                              f"got {self.data_on_device!r}")
+        if self.langevin_graph not in ("off", "on"):
+            raise ValueError(f"TrainConfig.langevin_graph must be 'off' or 'on', got {self.langevin_graph!r}")
         if self.gmm_min_group_size < 0:
             raise ValueError(f"TrainConfig.gmm_min_group_size must be >= 0, got {self.gmm_min_group_size}")
         if not self.ckpt_minutes >= 0:
@@ -299,7 +302,8 @@ class Trainer:
         self.partition = FilterPartition(cfg.n_groups, backend=cfg.gmm_backend, relative_reg=cfg.gmm_relative_reg,
                                          min_group_size=cfg.gmm_min_group_size, seed=cfg.seed)
         self.sampler = LangevinSampler(self.G, layer, self.energy, cfg.langevin_steps, cfg.langevin_step_size,
-                                       prior_weight=1.0, drift_clip=cfg.drift_clip)
+                                       prior_weight=1.0, drift_clip=cfg.drift_clip,
+                                       cuda_graph=cfg.langevin_graph == "on")
         betas = (cfg.beta1, cfg.beta2)
         # The modules that run the D and G steps: DDP wrappers around the same G and D when distributed.
         self.G_train, self.D_train = self.G, self.D

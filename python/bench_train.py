@@ -9,7 +9,9 @@ slow spell of a noisy machine hits every variant rather than the one running the
   fused       the interpretable GAN with the compiled ops (what `interpgan train` runs);
   reference   the interpretable GAN with the pure-PyTorch reference ops (INTERPGAN_BACKEND=reference);
   fused-drawn (not in the default list) `fused` with each real batch drawn from the dataset, not from its images
-              held on the device (TrainConfig.data_on_device="off"): on a GPU, what holding them saves.
+              held on the device (TrainConfig.data_on_device="off"): on a GPU, what holding them saves;
+  fused-graphed (not in the default list) `fused` with the Langevin chain replayed as one CUDA graph
+              (TrainConfig.langevin_graph="on"; the same as `fused` on the CPU): what the launches cost.
 
 For each it prints the median step time, images/s, and the step split into the trainer's parts (D, GMM, Langevin,
 W, G, data and the rest). The GMM refit runs every gmm_every steps, so it is timed on its own and charged at
@@ -41,6 +43,7 @@ VARIANTS = {  # name: (interpretable, environment of its process, TrainConfig fi
     "fused": (True, {}, {}),
     "reference": (True, {"INTERPGAN_BACKEND": "reference"}, {}),
     "fused-drawn": (True, {}, {"data_on_device": "off"}),
+    "fused-graphed": (True, {}, {"langevin_graph": "on"}),
 }
 PARTS = STEP_PARTS + ["data+other"]  # the trainer's timed parts, and the rest of the step
 

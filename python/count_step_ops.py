@@ -54,7 +54,8 @@ class CountOps(TorchDispatchMode):
 
 def count_step_ops(args):
     """{part: Counter of op names} for one step of the trainer args describe."""
-    trainer, step = make_trainer(args, not args.baseline, {"data_on_device": args.data_on_device})
+    overrides = {"data_on_device": args.data_on_device, "langevin_graph": args.langevin_graph}
+    trainer, step = make_trainer(args, not args.baseline, overrides)
     step()  # the first step fits the partition; the counted one refits nothing
     with CountOps() as counter:
         step()
@@ -74,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--gmm-images", type=int, default=64)
     ap.add_argument("--baseline", action="store_true", help="the plain GAN (lambda0 = 0)")
     ap.add_argument("--data-on-device", default="auto", help="TrainConfig.data_on_device: auto | on | off")
+    ap.add_argument("--langevin-graph", default="off",
+                    help="TrainConfig.langevin_graph: on replays the Langevin chain as a CUDA graph (GPU only)")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--top", type=int, default=6, help="most frequent ops shown per part")
@@ -83,7 +86,8 @@ def main(argv=None):
     total = sum(sum(c.values()) for c in ops.values())
     kind = "baseline" if args.baseline else "interpretable"
     print(f"ops dispatched by one {kind} step: {args.arch} {args.size}px width {args.width}, batch {args.batch_size}, "
-          f"{args.device}, data_on_device={args.data_on_device}: {total}")
+          f"{args.device}, data_on_device={args.data_on_device}"
+          + (", langevin_graph=on" if args.langevin_graph == "on" else "") + f": {total}")
     for part, counts in sorted(ops.items(), key=lambda kv: -sum(kv[1].values())):
         top = ", ".join(f"{name} {n}" for name, n in counts.most_common(args.top))
         print(f"  {part:<11} {sum(counts.values()):6d}   {top}")

@@ -32,11 +32,13 @@ timeout "$(left)" python3 python/bench_ops.py --device cuda --out "$OUT/ops_cuda
 # Training throughput at the GPU job's size (64 px, width 64, batch 64). The profiler's top-op tables are kept; its
 # chrome traces (tens of MB) stay in /tmp/train_trace.
 timeout "$(left)" python3 python/bench_train.py --device cuda --size 64 --width 64 --batch-size 64 --no-progress \
-    --variants baseline,fused,reference,fused-drawn \
+    --variants baseline,fused,reference,fused-drawn,fused-graphed \
     --out "$OUT/train_cuda_64px.json" --trace /tmp/train_trace 2>&1 | tee "$OUT/bench_train.log" | tail -12
 cp /tmp/train_trace/profile_*.txt "$OUT/" 2>/dev/null
 # ops a step dispatches on the GPU (each a launch from the host), with the real images held there and drawn per step
-for mode in on off; do timeout "$(left)" python3 python/count_step_ops.py --device cuda --data-on-device $mode; done 2>&1 | tee "$OUT/step_ops_cuda.txt"
+{ for mode in on off; do timeout "$(left)" python3 python/count_step_ops.py --device cuda --data-on-device $mode; done
+  # and with the Langevin chain replayed as one CUDA graph (sampler_graph.py)
+  timeout "$(left)" python3 python/count_step_ops.py --device cuda --data-on-device on --langevin-graph on; } 2>&1 | tee "$OUT/step_ops_cuda.txt"
 # Adam's paths on the GPU (the trainer uses the fused one): a few seconds
 timeout "$(left)" python3 python/bench_optim.py --device cuda --json "$OUT/optim_cuda.json" 2>&1 | tee "$OUT/optim_cuda.txt"
 echo "gpu_checks: ${SECONDS} s of a ${BUDGET_S} s budget"

@@ -298,6 +298,7 @@ def test_divergence_stops_with_clear_message(tmp_path):
 @pytest.mark.parametrize("bad, says", [
     (["--gmm-loss", "posteriors"], "gmm_loss must be 'likelihood' or 'posterior'"),
     (["--data-on-device", "always"], "data_on_device must be one of auto, on, off"),
+    (["--langevin-graph", "yes"], "langevin_graph must be 'off' or 'on', got 'yes'"),
     (["--data", "/no/such/folder"], "no such folder: /no/such/folder"),
     (["--arch", "vgg"], "unknown architecture 'vgg'"),
     (["--layer", "blocks.9"], "no layer named 'blocks.9'"),
@@ -376,10 +377,10 @@ def test_cli_resume_keeps_the_runs_layer_and_images_and_equals_the_uninterrupted
         with pytest.raises(SystemExit, match=re.escape(says)):
             cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", *changes])
     cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", "--size", "16", "--n-images", "32",
-              "--data-on-device", "off", "--ckpt-minutes", "5"])
-    with open(os.path.join(part, "config.json")) as fh:  # where it runs, and how often it is saved, may change
+              "--data-on-device", "off", "--langevin-graph", "on", "--ckpt-minutes", "5"])
+    with open(os.path.join(part, "config.json")) as fh:  # where and how it runs, and how often it is saved, may change
         config = json.load(fh)["config"]
-    assert config["data_on_device"] == "off" and config["ckpt_minutes"] == 5
+    assert config["data_on_device"] == "off" and config["langevin_graph"] == "on" and config["ckpt_minutes"] == 5
 
 
 def test_cli_n_images_takes_the_first_images_of_a_folder(tmp_path, capsys, image_cache):
