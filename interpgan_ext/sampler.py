@@ -111,6 +111,9 @@ class LangevinSampler:
         self.energy, self.steps, self.step_size = energy, steps, step_size
         self.prior_weight, self.drift_clip = prior_weight, drift_clip
         # cuda_graph: on a GPU, the steps without an edit run as one captured CUDA graph (sampler_graph.py)
+        if cuda_graph and not isinstance(energy, nn.Module):
+            raise ValueError(f"LangevinSampler: cuda_graph=True needs the energy as an nn.Module (a replay reads the "
+                             f"tensors it held at capture, so they are tracked), got {type(energy).__name__}")
         self.cuda_graph = cuda_graph
         self._graphed = None
 

@@ -20,7 +20,6 @@ from contextlib import nullcontext
 from typing import Callable, List, Optional
 
 import torch
-from torch import nn
 
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture: they create cuBLAS/cuDNN handles and workspaces
 
@@ -75,15 +74,14 @@ class GraphedChain:
 
     def _key(self, z: torch.Tensor, q: torch.Tensor, n: int, own_generator: bool) -> tuple:
         G, energy = self.sampler.extractor.G, self.sampler.energy  # a new G or energy: their tensors are new too
-        modules = list(G.modules()) + (list(energy.modules()) if isinstance(energy, nn.Module) else [])
+        modules = list(G.modules()) + list(energy.modules())
         tensors = itertools.chain.from_iterable(itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False))
                                                 for m in modules)
         state = tuple((m.training, getattr(m, "momentum", None), getattr(m, "num_batches_tracked", 0) is None)
                       for m in modules)
-        sampler = self.sampler
-        return (tuple(z.shape), z.dtype, z.device, tuple(q.shape), q.device, n, own_generator, sampler.step_size,
-                sampler.prior_weight, sampler.drift_clip,
-                torch.is_autocast_enabled(), state, tuple((t.data_ptr(), t.dtype) for t in tensors))
+        s = self.sampler
+        return (tuple(z.shape), z.dtype, z.device, tuple(q.shape), q.device, n, own_generator, torch.is_autocast_enabled(),
+                s.step_size, s.prior_weight, s.drift_clip, state, tuple((t.data_ptr(), t.dtype) for t in tensors))
 
     def _steps(self, n: int) -> List[torch.Tensor]:
         """n steps on the static z (in place); each step's energies."""

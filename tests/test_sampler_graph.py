@@ -229,6 +229,14 @@ def test_without_a_gpu_the_option_changes_nothing():
     assert sampler._graphed is None
 
 
+def test_an_energy_that_is_not_a_module_is_refused_for_graphs():
+    sampler, q = make_sampler()
+    W = sampler.energy.W.detach()
+    with pytest.raises(ValueError, match="cuda_graph=True needs the energy as an nn.Module .* got function"):
+        LangevinSampler(sampler.extractor.G, sampler.extractor.layer_name, lambda f, q: f.sum((1, 2, 3)) * W.sum(),
+                        cuda_graph=True)
+
+
 def test_train_config_checks_langevin_graph():
     assert TrainConfig(langevin_graph="on").langevin_graph == "on"
     with pytest.raises(ValueError, match="langevin_graph must be 'off' or 'on', got 'yes'"):
