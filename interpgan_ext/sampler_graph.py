@@ -80,8 +80,9 @@ class GraphedChain:
         state = tuple((m.training, getattr(m, "momentum", None), getattr(m, "num_batches_tracked", 0) is None)
                       for m in modules)
         s = self.sampler
-        return (tuple(z.shape), z.dtype, z.device, tuple(q.shape), q.device, n, own_generator, torch.is_autocast_enabled(),
-                s.step_size, s.prior_weight, s.drift_clip, state, tuple((t.data_ptr(), t.dtype) for t in tensors))
+        return (tuple(z.shape), z.dtype, z.device, tuple(q.shape), q.device, n, own_generator,
+                torch.is_autocast_enabled(), s.step_size, s.prior_weight, s.drift_clip, state,
+                tuple((t.data_ptr(), t.dtype) for t in tensors))
 
     def _steps(self, n: int) -> List[torch.Tensor]:
         """n steps on the static z (in place); each step's energies."""
