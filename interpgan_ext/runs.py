@@ -116,6 +116,9 @@ def resolve_device(device="auto") -> torch.device:
         dev = torch.device(device)
     except RuntimeError as e:
         raise ValueError(f"unknown device {device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, ...: the trainer and the tools are written and tested for these two
+        raise ValueError(f"device {device!r} is not supported: interpgan_ext runs on 'cpu' and 'cuda' devices "
+                         "(on a Mac, use 'cpu')")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
