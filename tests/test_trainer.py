@@ -322,7 +322,7 @@ def test_a_device_that_cannot_be_used_is_named_with_the_reason():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         resolve_device("gpu")
-    for other in ("mps", "xpu:0"):  # torch knows them; the library is not written for them (it failed deep inside)
+    for other in ("mps", "xpu:0"):  # torch knows them; the library is not written for them (a traceback from torch)
         with pytest.raises(ValueError, match=f"device '{other}' is not supported: interpgan_ext runs on 'cpu' and 'cuda'"):
             resolve_device(other)
     if torch.cuda.is_available():
