@@ -45,8 +45,15 @@ class CudaGraphCapture:
         self.graph = torch.cuda.CUDAGraph()
         if generator is not None:
             self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self.outputs = fn(n_steps)
+        stream = torch.cuda.current_stream(device)
+        try:
+            with torch.cuda.graph(self.graph):
+                self.outputs = fn(n_steps)
+        except BaseException:
+            # torch.cuda.graph's exit ends the capture before it gives the stream back; when a capture that went wrong
+            # makes that end fail too, its capture stream would stay the current one
+            torch.cuda.set_stream(stream)
+            raise
 
     def replay(self) -> None:
         self.graph.replay()
