@@ -117,6 +117,11 @@ class LangevinSampler:
         self.cuda_graph = cuda_graph
         self._graphed = None
 
+    @property
+    def uses_cuda_graph(self) -> bool:
+        """True once the chain has run as a CUDA graph (and has not fallen back to running eagerly)."""
+        return self._graphed is not None and self._graphed.graph is not None
+
     def energy_grad(self, z: torch.Tensor, q: torch.Tensor, edit: Optional[Callable] = None):
         """(d g_W / dz, g_W) at z, from a forward of G up to the layer."""
         with torch.enable_grad():

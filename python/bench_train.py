@@ -16,7 +16,8 @@ slow spell of a noisy machine hits every variant rather than the one running the
 For each it prints the median step time, images/s, and the step split into the trainer's parts (D, GMM, Langevin,
 W, G, data and the rest). The GMM refit runs every gmm_every steps, so it is timed on its own and charged at
 1/gmm_every per step. Ratios are the result (these machines are noisy): the interpretable step over the baseline's,
-and the reference step over the fused one. Writes a JSON file and a stacked-bar PNG beside it.
+and the reference step over the fused one. Writes a JSON file and a stacked-bar PNG beside it. A variant whose
+process fails is named with its error and left out; the others are still timed and written (exit status 1).
 
 --trace DIR also records a few steps of each variant with torch.profiler: DIR/trace_VARIANT.json (open it in
 https://ui.perfetto.dev or chrome://tracing; the parts are the ranges interpgan::D, ::GMM, ::Langevin, ::W, ::G)
@@ -110,7 +111,8 @@ def run_variant(args, interpretable: bool, trace_dir=None, overrides=None):
     return {"backend": _backend.backend_name(dev), "device": str(dev), "layer": trainer.layer,
             "data_held_bytes": trainer.meta["data_held_bytes"],
             "n_filters": int(trainer.n_filters), "spatial": trainer.meta["spatial"],
-            "step_s": steps, "parts_s": parts, "refit_s": refits}
+            "step_s": steps, "parts_s": parts, "refit_s": refits,
+            "langevin_graph": trainer.sampler.uses_cuda_graph}  # the chain ran as a CUDA graph (not eagerly)
 
 
 def _trace(trainer, step, dev, interpretable, trace_dir, args):
@@ -150,26 +152,33 @@ def _worker_command(args, variant, repeat):
 
 
 def run_all(args):
-    """Every variant args.repeats times, in interleaved rounds; {variant: [result of each repeat]}."""
+    """Every variant args.repeats times, in interleaved rounds: ({variant: [result of each repeat]}, {variant: why it
+    failed}). A variant whose process fails is left out of the later rounds; the others go on (on a GPU, a variant
+    that crashes must not cost the numbers of the rest)."""
     from interpgan_ext._progress import progress_bar
 
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"bench_train: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    results = {v: [] for v in variants}
+    results, failed = {v: [] for v in variants}, {}
     bar = progress_bar(len(variants) * args.repeats, "bench_train", not args.no_progress, unit="run")
     for repeat in range(args.repeats):
         for v in variants:
+            if v in failed:
+                continue
             bar.set_postfix({"variant": v, "round": repeat + 1})
             env = {**os.environ, **VARIANTS[v][1]}
             proc = subprocess.run(_worker_command(args, v, repeat), env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                sys.exit(f"bench_train: variant {v!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            results[v].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                failed[v] = f"exit {proc.returncode}: {proc.stderr[-4000:]}"
+                print(f"bench_train: variant {v!r} failed ({failed[v]})", file=sys.stderr)
+                del results[v]
+            else:
+                results[v].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             bar.update(1)
     bar.close()
-    return results
+    return results, failed
 
 
 def summarise(results, gmm_every):
@@ -195,8 +204,9 @@ def ratios(summary):
         for v in ("fused", "reference"):
             if v in summary:
                 out[f"{v}_step_over_baseline"] = summary[v]["step_ms"] / summary["baseline"]["step_ms"]
-    if "fused" in summary and "fused-drawn" in summary:
-        out["fused_drawn_step_over_fused"] = summary["fused-drawn"]["step_ms"] / summary["fused"]["step_ms"]
+    for v in ("fused-drawn", "fused-graphed"):
+        if "fused" in summary and v in summary:
+            out[f"{v.replace('-', '_')}_step_over_fused"] = summary[v]["step_ms"] / summary["fused"]["step_ms"]
     if "fused" in summary and "reference" in summary:
         out["reference_step_over_fused"] = summary["reference"]["step_ms"] / summary["fused"]["step_ms"]
         for p in ("Langevin", "W", "G"):
@@ -207,12 +217,12 @@ def ratios(summary):
 
 
 def print_table(summary, batch_size):
-    head = f"{'variant':<11} {'backend':<10} {'ms/step':>9} {'images/s':>9}  " + " ".join(f"{p:>10}" for p in PARTS)
+    head = f"{'variant':<13} {'backend':<10} {'ms/step':>9} {'images/s':>9}  " + " ".join(f"{p:>10}" for p in PARTS)
     print(head)
     print("-" * len(head))
     for v, s in summary.items():
         cells = " ".join(f"{s['parts_ms'][p]:>10.2f}" for p in PARTS)
-        print(f"{v:<11} {s['backend']:<10} {s['step_ms']:>9.2f} {1e3 * batch_size / s['step_ms']:>9.1f}  {cells}")
+        print(f"{v:<13} {s['backend']:<10} {s['step_ms']:>9.2f} {1e3 * batch_size / s['step_ms']:>9.1f}  {cells}")
 
 
 def main():
@@ -251,7 +261,9 @@ def main():
 
     import interpgan_ext as ig
 
-    results = run_all(args)
+    results, failed = run_all(args)
+    if not results:
+        sys.exit(f"bench_train: every variant failed: {failed}")
     summary = summarise(results, args.gmm_every)
     first = next(iter(results.values()))[0]
     device = first["device"].split(":")[0]
@@ -263,13 +275,18 @@ def main():
     rat = ratios(summary)
     for k, v in rat.items():
         print(f"{k:<32} {v:.2f}x")
+    graphed = results.get("fused-graphed")
+    if graphed and not all(r["langevin_graph"] for r in graphed):
+        print("fused-graphed: the Langevin chain ran eagerly (no CUDA graph on this device, or its capture failed)")
+    for v, why in failed.items():
+        print(f"{v}: FAILED, {why.strip().splitlines()[-1] if why.strip() else why}")
 
     out = args.out or os.path.join(ROOT, "bench", "results", f"train_{device}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     record = {"config": {k: v for k, v in vars(args).items() if k not in ("worker", "out", "no_progress")},
               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "gpu": torch.cuda.get_device_name() if device == "cuda" else None},
-              "summary": summary, "ratios": rat, "runs": results, "info": dict(ig.info())}
+              "summary": summary, "ratios": rat, "runs": results, "failed": failed, "info": dict(ig.info())}
     with open(out, "w") as fh:
         json.dump(record, fh, indent=1)
     from interpgan_ext.viz import stacked_bar_chart
@@ -280,6 +297,8 @@ def main():
                       title=f"ms per training step, {args.arch} {args.size}px, batch {args.batch_size}, {device}",
                       unit="ms")
     print(f"wrote {out} and {png}" + (f"; traces in {args.trace}" if args.trace else ""))
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

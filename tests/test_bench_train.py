@@ -51,8 +51,33 @@ def test_summarise_takes_medians_and_charges_the_refit_per_step(bench):
     assert r["fused_step_over_baseline"] == pytest.approx(77.0 / 45.0)
     assert "reference_step_over_fused" not in r and "fused_drawn_step_over_fused" not in r
     results["fused-drawn"] = [fake_run("cpu-ext", [0.081, 0.083, 0.082], [parts] * 3, [0.5])]
-    assert bench.ratios(bench.summarise(results, gmm_every=100))["fused_drawn_step_over_fused"] == pytest.approx(
-        (82.0 + 5.0) / 77.0)
+    results["fused-graphed"] = [fake_run("cpu-ext", [0.061, 0.063, 0.062], [parts] * 3, [0.5])]
+    r = bench.ratios(bench.summarise(results, gmm_every=100))
+    assert r["fused_drawn_step_over_fused"] == pytest.approx((82.0 + 5.0) / 77.0)
+    assert r["fused_graphed_step_over_fused"] == pytest.approx((62.0 + 5.0) / 77.0)
+
+
+def test_a_variant_that_fails_is_reported_and_the_others_go_on(bench, monkeypatch, capsys):
+    # On a GPU one variant's crash (a CUDA graph that cannot be captured, say) used to end the whole benchmark.
+    calls = []
+
+    def fake_subprocess_run(cmd, env, **kw):
+        variant = cmd[cmd.index("--worker") + 1]
+        calls.append(variant)
+        if variant == "fused-graphed":
+            return bench.subprocess.CompletedProcess(cmd, -11, "", "Traceback ...\nRuntimeError: CUDA error: boom\n")
+        return bench.subprocess.CompletedProcess(cmd, 0, "progress\n" + json.dumps({"variant": variant}), "")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_subprocess_run)
+    args = bench.argparse.Namespace(variants="fused,fused-graphed,baseline", repeats=2, no_progress=True, trace=None,
+                                    **{k: 1 for k in ("arch", "size", "width", "batch_size", "n_groups",
+                                                      "langevin_steps", "gmm_images", "steps", "warmup", "refits",
+                                                      "device", "data", "trace_steps")}, layer=None, amp=False)
+    results, failed = bench.run_all(args)
+    assert calls == ["fused", "fused-graphed", "baseline", "fused", "baseline"]  # not tried again in round 2
+    assert list(results) == ["fused", "baseline"] and len(results["fused"]) == 2
+    assert list(failed) == ["fused-graphed"] and "exit -11" in failed["fused-graphed"] and "boom" in failed["fused-graphed"]
+    assert "variant 'fused-graphed' failed (exit -11" in capsys.readouterr().err
 
 
 def test_the_fused_drawn_variant_draws_each_batch_from_the_dataset(bench):

@@ -76,7 +76,7 @@ def test_graphed_chain_draws_and_moves_what_the_eager_one_does(on_cpu, with_firs
     default_before = torch.default_generator.get_state()
     (got, got_e), got_next = chain(sampler, z, q, 7, first=first, return_energies=True)
     (want, want_e), want_next = chain(eager_twin(sampler), z, q, 7, first=first, return_energies=True)
-    assert on_cpu.captures == 1
+    assert on_cpu.captures == 1 and sampler.uses_cuda_graph
     assert torch.equal(got, want) and torch.equal(got_e, want_e) and got_e.shape == (4, 5)
     assert torch.equal(got_next, want_next)  # the caller's generator moved on as far
     assert torch.equal(torch.default_generator.get_state(), default_before)  # the default one did not move
@@ -216,7 +216,7 @@ def test_a_forward_that_cannot_be_captured_warns_and_runs_eagerly(on_cpu, monkey
                                          r"permitted when stream is capturing\); it runs eagerly"):
         got = chain(sampler, z, q, 3)[0]
     assert torch.equal(got, chain(eager_twin(sampler), z, q, 3)[0])
-    assert sampler.cuda_graph is False
+    assert sampler.cuda_graph is False and not sampler.uses_cuda_graph
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         chain(sampler, z, q, 3)  # once only
@@ -226,7 +226,7 @@ def test_without_a_gpu_the_option_changes_nothing():
     sampler, q = make_sampler(cuda_graph=True)
     z = torch.randn(4, 16)
     assert torch.equal(chain(sampler, z, q, 3)[0], chain(eager_twin(sampler), z, q, 3)[0])
-    assert sampler._graphed is None
+    assert not sampler.uses_cuda_graph
 
 
 def test_an_energy_that_is_not_a_module_is_refused_for_graphs():
@@ -265,7 +265,7 @@ def test_cuda_graph_chain_matches_the_eager_chain(with_first):
         with torch.no_grad():
             sampler.energy.W.mul_(1.5)  # in place: the next replay reads it
     assert torch.equal(torch.cuda.default_generators[0].get_state(), default_before)
-    assert isinstance(sampler._graphed.graph, sampler_graph.CudaGraphCapture) and sampler.cuda_graph
+    assert isinstance(sampler._graphed.graph, sampler_graph.CudaGraphCapture) and sampler.uses_cuda_graph
 
 
 @on_cuda
@@ -289,7 +289,7 @@ def test_cuda_training_steps_with_the_graphed_chain_match_the_eager_ones(tmp_pat
         tr = make_trainer(tmp_path / mode, steps=4, device="cuda", langevin_graph=mode)
         logs = tr.fit(progress=False)
         runs[mode] = (logs, tr.energy.W.detach().clone())
-        assert tr.sampler.cuda_graph == (mode == "on")
+        assert tr.sampler.uses_cuda_graph == (mode == "on")
     (logs_off, W_off), (logs_on, W_on) = runs["off"], runs["on"]
     for k in ("loss_D", "L_cd", "L_interp", "loss_G"):
         assert math.isclose(logs_on[k], logs_off[k], rel_tol=1e-3, abs_tol=1e-5), (k, logs_on[k], logs_off[k])
