@@ -16,6 +16,7 @@ The noise is the caller's generator's: the graph's own generator takes its state
 after, so a graphed chain draws what the eager one draws, and leaves the generator where the eager one would.
 """
 import itertools
+import warnings
 from contextlib import nullcontext
 from typing import Callable, List, Optional
 
@@ -25,10 +26,9 @@ WARMUP_STEPS = 3  # eager steps on a side stream before a capture: they create c
 
 
 def graphs_available(z: torch.Tensor) -> bool:
-    """True where the chain at z can be captured: a CUDA tensor, a torch whose graphs take a generator of their own
-    (2.5 and later), not inside a compile."""
-    return (z.is_cuda and hasattr(getattr(torch.cuda, "CUDAGraph", None), "register_generator_state")
-            and not torch.compiler.is_compiling())
+    """True where the chain at z may be captured: a CUDA tensor, not inside a compile. (A torch older than 2.5
+    captures no generator but the default one: its capture fails, and the sampler runs eagerly, with a warning.)"""
+    return z.is_cuda and hasattr(torch.cuda, "CUDAGraph") and not torch.compiler.is_compiling()
 
 
 class CudaGraphCapture:
@@ -43,8 +43,10 @@ class CudaGraphCapture:
             fn(WARMUP_STEPS)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        if generator is not None:
-            self.graph.register_generator_state(generator)
+        if generator is not None and hasattr(self.graph, "register_generator_state"):
+            with warnings.catch_warnings():  # needed from torch 2.5 until it registered generators itself (a no-op
+                warnings.simplefilter("ignore")  # since, which says it is deprecated)
+                self.graph.register_generator_state(generator)
         stream = torch.cuda.current_stream(device)
         try:
             with torch.cuda.graph(self.graph):
