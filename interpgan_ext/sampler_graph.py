@@ -43,9 +43,11 @@ class CudaGraphCapture:
             fn(WARMUP_STEPS)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
+        # A generator other than the default one must be registered with the graph from torch 2.5; later releases
+        # register it themselves, and the call is then a no-op that warns it is deprecated.
         if generator is not None and hasattr(self.graph, "register_generator_state"):
-            with warnings.catch_warnings():  # needed from torch 2.5 until it registered generators itself (a no-op
-                warnings.simplefilter("ignore")  # since, which says it is deprecated)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 self.graph.register_generator_state(generator)
         stream = torch.cuda.current_stream(device)
         try:
