@@ -168,6 +168,10 @@ def _train(args):
     if meta["data_held_bytes"]:
         say(f"data: held on {trainer.device} ({meta['data_held_bytes'] / 1e6:.0f} MB; --data-on-device off draws each "
             "batch from the dataset instead)")
+    if cfg.langevin_graph == "on" and cfg.interpretable:
+        say("Langevin chain: replayed as one CUDA graph (--langevin-graph off runs it eagerly)"
+            if trainer.device.type == "cuda" else
+            f"--langevin-graph on: no effect on {trainer.device} (CUDA graphs need a GPU); the chain runs eagerly")
     stop = None
     try:
         logs = trainer.fit(progress=not args.no_progress)

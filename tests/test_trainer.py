@@ -382,6 +382,7 @@ def test_cli_resume_keeps_the_runs_layer_and_images_and_equals_the_uninterrupted
             cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", *changes])
     cli_main(["train", "--out", part, "--resume", "--steps", "7", "--no-progress", "--size", "16", "--n-images", "32",
               "--data-on-device", "off", "--langevin-graph", "on", "--ckpt-minutes", "5"])
+    assert "--langevin-graph on: no effect on cpu (CUDA graphs need a GPU)" in capsys.readouterr().out
     with open(os.path.join(part, "config.json")) as fh:  # where and how it runs, and how often it is saved, may change
         config = json.load(fh)["config"]
     assert config["data_on_device"] == "off" and config["langevin_graph"] == "on" and config["ckpt_minutes"] == 5
