@@ -23,6 +23,10 @@ from typing import Callable, List, Optional
 import torch
 
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture: they create cuBLAS/cuDNN handles and workspaces
+# A capture costs a synchronisation and the warm-up steps: when the chain's inputs keep changing (batch sizes that
+# alternate, say), graphs cost more than they save. After this many captures, fewer than two replays per capture
+# ends the graphs (CaptureFailed: the sampler warns and runs eagerly).
+CAPTURES_BEFORE_A_VERDICT = 4
 
 
 def graphs_available(z: torch.Tensor) -> bool:
@@ -82,6 +86,7 @@ class GraphedChain:
         self.z: Optional[torch.Tensor] = None
         self.q: Optional[torch.Tensor] = None
         self.gen: Optional[torch.Generator] = None  # the graph's own generator; None: the default one
+        self.captures = self.runs = 0
 
     def _key(self, z: torch.Tensor, q: torch.Tensor, n: int, own_generator: bool) -> tuple:
         G, energy = self.sampler.extractor.G, self.sampler.energy  # a new G or energy: their tensors are new too
@@ -106,8 +111,13 @@ class GraphedChain:
             raise RuntimeError(f"langevin_step: expected a generator on {z.device}, but got one on {generator.device}")
         with torch.cuda.device(z.device) if z.is_cuda else nullcontext():  # the graph's streams are z's device's
             key = self._key(z, q, n, generator is not None)
+            self.runs += 1
             if key != self.key:
+                if self.captures >= CAPTURES_BEFORE_A_VERDICT and self.runs < 2 * self.captures:
+                    raise CaptureFailed(f"captured {self.captures} times in {self.runs - 1} runs: what the chain "
+                                        "reads keeps changing (the batch size, G's parameters or modes)")
                 self._capture(z, q, n, generator is not None)
+                self.captures += 1
                 self.key = key
             self.z.copy_(z)
             self.q.copy_(q)

@@ -131,7 +131,8 @@ def test_replays_read_parameters_updated_in_place_and_recapture_when_they_move(o
     assert on_cpu.captures == 2
 
 
-def test_a_new_capture_whenever_what_the_graph_read_changes(on_cpu):
+def test_a_new_capture_whenever_what_the_graph_read_changes(on_cpu, monkeypatch):
+    monkeypatch.setattr(sampler_graph, "CAPTURES_BEFORE_A_VERDICT", 100)  # a capture at almost every run, on purpose
     sampler, q = make_sampler()
     twin = eager_twin(sampler)
     G = sampler.extractor.G
@@ -162,6 +163,22 @@ def test_a_new_capture_whenever_what_the_graph_read_changes(on_cpu):
                     m.momentum = momentum
         sampler.sample(z3, q, generator=torch.Generator().manual_seed(5))
     assert on_cpu.captures == before + 2
+
+
+def test_inputs_that_keep_changing_end_the_graphs(on_cpu):
+    # alternating batch sizes: every run would capture (a sync and warm-up steps) and replay once
+    sampler, q = make_sampler()
+    zs = [torch.randn(5, 16), torch.randn(3, 16)]
+    for i in range(4):
+        chain(sampler, zs[i % 2], q, i)
+    assert on_cpu.captures == 4 and sampler.uses_cuda_graph
+    with pytest.warns(UserWarning, match=r"captured 4 times in 4 runs: what the chain reads keeps changing"):
+        got = chain(sampler, zs[0], q, 9)[0]
+    assert torch.equal(got, chain(eager_twin(sampler), zs[0], q, 9)[0]) and not sampler.uses_cuda_graph
+    sampler, q = make_sampler()  # a new capture now and then, each replayed often: graphs go on
+    for i in range(12):
+        chain(sampler, zs[i // 3 % 2], q, i)
+    assert on_cpu.captures == 4 + 4 and sampler.uses_cuda_graph
 
 
 def test_batchnorm_statistics_move_as_in_the_eager_chain(on_cpu):
