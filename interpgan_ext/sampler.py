@@ -165,14 +165,14 @@ class LangevinSampler:
         return z
 
     def _run_graphed(self, z, q, n, generator):
-        """(z after n graphed steps, their energies), or (z, []) after a warning where G's forward cannot be
-        captured: the sampler then runs eagerly from there on."""
+        """(z after n graphed steps, their energies), or (z, []) after a warning where the steps cannot run as a graph
+        (G's forward cannot be captured, or must be captured again at almost every call): the sampler then runs
+        eagerly from there on."""
         if self._graphed is None:
             self._graphed = GraphedChain(self)
         try:
             return self._graphed.run(z, q, n, generator)
         except CaptureFailed as e:
             self.cuda_graph, self._graphed = False, None
-            warnings.warn(f"LangevinSampler: the Langevin chain could not be captured as a CUDA graph ({e}); it "
-                          "runs eagerly instead")
+            warnings.warn(f"LangevinSampler: {e}; it runs eagerly from now on")
             return z, []

@@ -114,8 +114,9 @@ class GraphedChain:
             self.runs += 1
             if key != self.key:
                 if self.captures >= CAPTURES_BEFORE_A_VERDICT and self.runs < 2 * self.captures:
-                    raise CaptureFailed(f"captured {self.captures} times in {self.runs - 1} runs: what the chain "
-                                        "reads keeps changing (the batch size, G's parameters or modes)")
+                    raise CaptureFailed(f"the Langevin chain's CUDA graph was captured {self.captures} times in "
+                                        f"{self.runs - 1} runs: what it reads keeps changing (the batch size, G's "
+                                        "parameters or modes)")
                 self._capture(z, q, n, generator is not None)
                 self.captures += 1
                 self.key = key
@@ -141,7 +142,8 @@ class GraphedChain:
         try:
             self.graph = self.capture(self._steps, n, z.device, self.gen)
         except Exception as e:  # a sync in G's forward: "operation not permitted when stream is capturing", ...
-            raise CaptureFailed(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CaptureFailed(f"the Langevin chain could not be captured as a CUDA graph ({why})") from e
         finally:
             default.set_state(drawn)
             for b, saved in buffers:  # through .data: a graph of the caller's that saved b stays valid
@@ -149,4 +151,4 @@ class GraphedChain:
 
 
 class CaptureFailed(RuntimeError):
-    """The chain's steps could not be captured as a CUDA graph; the message says why."""
+    """The chain's steps cannot run as a CUDA graph; the message says why."""

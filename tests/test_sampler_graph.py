@@ -172,7 +172,8 @@ def test_inputs_that_keep_changing_end_the_graphs(on_cpu):
     for i in range(4):
         chain(sampler, zs[i % 2], q, i)
     assert on_cpu.captures == 4 and sampler.uses_cuda_graph
-    with pytest.warns(UserWarning, match=r"captured 4 times in 4 runs: what the chain reads keeps changing"):
+    with pytest.warns(UserWarning, match=r"CUDA graph was captured 4 times in 4 runs: what it reads keeps changing .*"
+                                         r"; it runs eagerly from now on"):
         got = chain(sampler, zs[0], q, 9)[0]
     assert torch.equal(got, chain(eager_twin(sampler), zs[0], q, 9)[0]) and not sampler.uses_cuda_graph
     sampler, q = make_sampler()  # a new capture now and then, each replayed often: graphs go on
@@ -229,8 +230,9 @@ def test_a_forward_that_cannot_be_captured_warns_and_runs_eagerly(on_cpu, monkey
     monkeypatch.setattr(sampler_graph.GraphedChain.__init__, "__defaults__", (refuse,))
     sampler, q = make_sampler()
     z = torch.randn(4, 16)
-    with pytest.warns(UserWarning, match=r"could not be captured as a CUDA graph \(CUDA error: operation not "
-                                         r"permitted when stream is capturing\); it runs eagerly"):
+    with pytest.warns(UserWarning, match=r"LangevinSampler: the Langevin chain could not be captured as a CUDA graph "
+                                         r"\(CUDA error: operation not permitted when stream is capturing\); it runs "
+                                         r"eagerly from now on"):
         got = chain(sampler, z, q, 3)[0]
     assert torch.equal(got, chain(eager_twin(sampler), z, q, 3)[0])
     assert sampler.cuda_graph is False and not sampler.uses_cuda_graph
