@@ -141,13 +141,16 @@ def test_a_new_capture_whenever_what_the_graph_read_changes(on_cpu, monkeypatch)
     def same_as_eager(z):
         assert torch.equal(chain(sampler, z, q, 4)[0], chain(twin, z, q, 4)[0])
 
+    def set_step_size(step_size):
+        sampler.step_size = twin.step_size = step_size
+
     changes = [
         ("first call", lambda: None, z5, True),
         ("nothing", lambda: None, z5, False),
         ("the batch size", lambda: None, z3, True),
         ("G in eval mode", G.eval, z3, True),
         ("G in train mode", G.train, z3, True),
-        ("the step size", lambda: setattr(twin, "step_size", setattr(sampler, "step_size", 0.05) or 0.05), z3, True),
+        ("the step size", lambda: set_step_size(0.05), z3, True),
         ("nothing", lambda: None, z3, False),
     ]
     for what, change, z, captures_again in changes:
