@@ -380,7 +380,7 @@ def with_fallbacks(build_ext):
                 try:
                     return super().build_extensions()
                 except Exception as exc:  # noqa: BLE001  (distutils' CompileError, ninja's, torch's CUDA checks)
-                    what = " ".join(str(exc).split())[:300] or type(exc).__name__  # torch's messages span lines
+                    what = failed_step(exc)
                     if any(src.endswith(".cu") for src in ext.sources) and not env_flag("INTERPGAN_FORCE_CUDA"):
                         reason = f"the CUDA build failed ({what}); rebuild with INTERPGAN_FORCE_CUDA=1 to stop at its error"
                         banner(reason, "Building the CPU kernels alone: on a GPU the ops will run their pure-PyTorch "
@@ -389,7 +389,10 @@ def with_fallbacks(build_ext):
                     elif ext.openmp_flags[0] and lenient:
                         reason = f"the build with OpenMP failed ({what}); rebuild with INTERPGAN_REQUIRE_EXT=1 to stop " \
                                  "at its error"
-                        banner(reason, "Building without OpenMP: the CPU kernels will run on one thread.")
+                        banner(reason, "Building without OpenMP: the CPU kernels will run on one thread." +
+                               ("\nGCC builds against torch's own OpenMP runtime, libgomp (CC=gcc CXX=g++); Clang "
+                                "needs its libomp (Debian/Ubuntu: libomp-dev), a second thread pool beside torch's."
+                                if sys.platform.startswith("linux") else ""))
                         drop_openmp(ext, given, reason)
                     elif lenient:
                         banner(f"the C++ build failed ({what}); rebuild with INTERPGAN_REQUIRE_EXT=1 to stop at its "
@@ -404,6 +407,23 @@ def with_fallbacks(build_ext):
                     ext.extra_compile_args = {lang: list(flags) for lang, flags in given.items()}
 
     return BuildExtWithFallbacks
+
+
+def failed_step(exc):
+    """A failed build step in a line. The compiler's or linker's own error is in the build's output, not in the
+    exception: distutils' says which command failed, as its whole argument list (hundreds of paths)."""
+    text = " ".join(str(exc).split())  # torch's messages span lines
+    # subprocess's wording (torch's and older setuptools' spawn), then newer setuptools'
+    command = (re.match(r"Command '\[(.*?)\]' returned non-zero exit status (-?\d+)", text)
+               or re.match(r"command ('[^']*') failed with exit code (-?\d+)", text))
+    if command:
+        args = re.findall(r"'([^']*)'", command.group(1))
+        program = os.path.basename(args[0]) if args else "the compiler"
+        step = "linking with " if "-shared" in args else "compiling with " if "-c" in args else ""
+        return f"{step}{program} failed, exit status {command.group(2)}: its error is in the build's output"
+    if text.startswith("Error compiling objects"):
+        return f"{text.rstrip('.')}: the compiler's errors are in the build's output"
+    return text[:300] or type(exc).__name__
 
 
 def banner(reason, consequence):

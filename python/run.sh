@@ -5,7 +5,7 @@
 #   bash python/run.sh bench                             op benchmarks (python/bench_ops.py)
 #   bash python/run.sh bench-train                       training throughput and its profile (python/bench_train.py)
 #   bash python/run.sh sanitize                          the op tests against an ASan/UBSan build of the CPU kernels
-#   bash python/run.sh other-builds                      the CPU kernels as other machines build them (arm64, GCC 11)
+#   bash python/run.sh other-builds                      the CPU kernels as other machines build them (arm64, GCC 11, Clang)
 #   bash python/run.sh setup                             only the set-up
 # Environment: INTERPGAN_VENV (default .venv), INTERPGAN_TORCH (default torch==2.14.1, the CUDA build;
 # torch==2.13.0 is the CPU build; torchvision==0.29.1 comes with the default), MAX_JOBS, TORCH_CUDA_ARCH_LIST, INTERPGAN_SKIP_CUDA=1.

@@ -206,6 +206,24 @@ def test_macos_openmp_flags_are_the_first_that_the_probe_accepts(capsys):
     assert setup_py.openmp_flags(torch, platform="win32")[:2] == ([], [])
 
 
+def test_a_failed_build_step_is_named_in_a_line_not_by_its_whole_command():
+    # What the fallbacks' banner and the import warning quote: the step and the program, not hundreds of paths
+    setup_py = _module_from("setup.py", "interpgan_setup")
+    link = ["/opt/llvm/bin/clang++", "-O3", "-shared"] + [f"/build/temp/csrc/file{i}.o" for i in range(40)] + \
+        ["-o", "_C.so", "-fopenmp"]
+    said = setup_py.failed_step(RuntimeError(str(subprocess.CalledProcessError(1, link))))
+    assert said == "linking with clang++ failed, exit status 1: its error is in the build's output"
+    compile_one = ["/usr/bin/g++", "-c", "a.cpp", "-o", "a.o"]
+    assert setup_py.failed_step(RuntimeError(str(subprocess.CalledProcessError(2, compile_one)))).startswith(
+        "compiling with g++ failed, exit status 2")
+    assert setup_py.failed_step(RuntimeError("command '/usr/bin/x86_64-linux-gnu-g++' failed with exit code 1")) == \
+        "x86_64-linux-gnu-g++ failed, exit status 1: its error is in the build's output"
+    assert setup_py.failed_step(RuntimeError("Error compiling objects for extension")) == \
+        "Error compiling objects for extension: the compiler's errors are in the build's output"
+    assert setup_py.failed_step(RuntimeError("nvcc\n  not found " + "x" * 400)) == ("nvcc not found " + "x" * 400)[:300]
+    assert setup_py.failed_step(OSError()) == "OSError"
+
+
 @pytest.mark.slow
 def test_a_compiler_without_openmp_builds_the_kernels_without_it_and_says_why(tmp_path):
     _needs_openmp_torch_and_a_compiler()

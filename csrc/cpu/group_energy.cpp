@@ -579,7 +579,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cpu(const at::Tensor& g
   if (has_stats) check_saved_stats("group_energy_backward", *stats, f_in, s, ct);
   const auto f = in_dtype(as_bmk(f_in, s), ct);
   const auto W = in_dtype(W_in.contiguous(), ct);
-  const auto [want_df, want_dW] = output_mask;
+  // Not a structured binding: the lambdas below capture these, which Clang accepts only from version 16.
+  const bool want_df = output_mask[0], want_dW = output_mask[1];
   // Every element of df and dW is written below (fresh zeroed memory would cost a second pass), except dW
   // when there are no samples. They come from the buffer cache: a training loop asks for the same sizes again.
   at::Tensor df, dW;

@@ -6,19 +6,24 @@
 #include <utility>
 
 // Which vector code a build gets:
-// - x86-64 with GCC: SSE2 (the baseline), and AVX2 where the CPU has it (IG_X86_AVX2_DISPATCH), with no -march.
-//   GCC compiles each entry point marked IG_MULTIVERSION twice and picks one at load time; the templates they call
-//   are force-inlined into them. Code that needs AVX2 intrinsics has a file of its own (normal_noise_avx2.cpp).
-// - x86-64 with Clang: SSE2 only.
+// - x86-64 with GCC, or with Clang 14+ on glibc Linux: SSE2 (the baseline), and AVX2 where the CPU has it
+//   (IG_X86_AVX2_DISPATCH), with no -march. The compiler builds each entry point marked IG_MULTIVERSION twice and
+//   the loader picks one (an ifunc); the templates they call are force-inlined into them. Code that needs AVX2
+//   intrinsics has a file of its own (normal_noise_avx2.cpp).
+// - x86-64 with an older Clang, or where there are no ifuncs (macOS): SSE2 only.
 // - Any other CPU (arm64: Apple silicon, Graviton, Grace): the portable code, GCC/Clang vectors that the compiler
 //   maps to the CPU's own (NEON). INTERPGAN_PORTABLE_SIMD builds that code on x86-64 too, so that it is tested.
 #if defined(__SSE2__) && !defined(INTERPGAN_PORTABLE_SIMD)
 #define IG_X86_SSE2 1
 #endif
-#if defined(IG_X86_SSE2) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(INTERPGAN_NO_MULTIVERSION)
+// Clang's target_clones (14+) needs ifuncs: ELF with glibc (<cstdint> above defines __GLIBC__), not macOS or musl.
+// (Clang defines __GNUC__ too, as 4.)
+#if defined(__clang__) ? (__clang_major__ >= 14 && defined(__ELF__) && defined(__GLIBC__)) : defined(__GNUC__)
+#define IG_COMPILER_CLONES 1
+#endif
+#if defined(IG_X86_SSE2) && defined(__x86_64__) && defined(IG_COMPILER_CLONES) && !defined(INTERPGAN_NO_MULTIVERSION)
 #define IG_X86_AVX2_DISPATCH 1
-#if __GNUC__ >= 12
+#if __GNUC__ >= 12 || defined(__clang__)
 #define IG_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else  // GCC 11's dispatcher knows no ISA levels: an AVX2 clone, without FMA (so no contraction into FMAs)
 #define IG_MULTIVERSION __attribute__((target_clones("avx2", "default")))

@@ -141,7 +141,8 @@ std::tuple<at::Tensor, at::Tensor> group_energy_backward_cuda(const at::Tensor& 
   const auto W = W_in.contiguous();
   const auto groups = groups_in.contiguous();
   const auto gg = in_dtype(grad_out, f.scalar_type());  // read through its stride: autograd's is an expansion
-  const auto [want_df, want_dW] = output_mask;  // an output left out is returned undefined
+  // An output left out is returned undefined. Not a structured binding: lambdas capture these (Clang < 16 cannot).
+  const bool want_df = output_mask[0], want_dW = output_mask[1];
   auto df = want_df ? at::empty({s.B, s.M, s.K}, f.options()) : at::Tensor();
   auto dW = want_dW ? at::empty({s.M, s.C, s.K}, W.options()) : at::Tensor();
   if (s.B == 0 || s.K == 0 || s.M == 0 || !(want_df || want_dW)) {
